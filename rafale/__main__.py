@@ -1,0 +1,3 @@
+from rafale.cli import main
+
+main()
