@@ -1,0 +1,131 @@
+"""Named decoder configs: one plain dict per checkpoint, headed by the config.json it copies.
+
+    get_config("pythia-160m")                      -> DecoderConfig with the HF shapes
+    get_config("llama-tiny", n_layer=2)            -> with overrides (any DecoderConfig field)
+    list_models()                                  -> [(name, family, parameter count), ...]
+
+Shapes are the checkpoints' own (vocab_size included, as stored: Pythia's is padded to 50304, and to
+50432/50688 for 6.9b/12b). A config only describes the architecture; weights come from `model.weights`
+(an HF-layout dir) through rafale.models.weights. tests/models/test_registry.py checks every entry's
+parameter count against transformers built from the translated config.
+"""
+
+import copy
+import dataclasses
+import difflib
+
+import torch
+
+from rafale.errors import ModelError
+from rafale.models.decoder import Decoder, DecoderConfig
+from rafale.models.weights import hf_model_type
+
+# The switches each family shares; the entries below add their sizes.
+GPT_NEOX = dict(rotary_pct=0.25, rope_theta=10000.0, parallel_residual=True, norm="layernorm", norm_eps=1e-5,
+                mlp="gelu", bias=True, tie_embeddings=False)
+LLAMA = dict(rotary_pct=1.0, parallel_residual=False, norm="rmsnorm", mlp="swiglu", bias=False)
+
+configs = [
+    ####################
+    # EleutherAI Pythia
+    ####################
+    # https://huggingface.co/EleutherAI/pythia-14m/blob/main/config.json
+    dict(GPT_NEOX, name="pythia-14m", vocab_size=50304, n_layer=6, n_head=4, n_embd=128, intermediate_size=512,
+         max_seq_len=2048),
+    # https://huggingface.co/EleutherAI/pythia-31m/blob/main/config.json
+    dict(GPT_NEOX, name="pythia-31m", vocab_size=50304, n_layer=6, n_head=8, n_embd=256, intermediate_size=1024,
+         max_seq_len=2048),
+    # https://huggingface.co/EleutherAI/pythia-70m/blob/main/config.json
+    dict(GPT_NEOX, name="pythia-70m", vocab_size=50304, n_layer=6, n_head=8, n_embd=512, intermediate_size=2048,
+         max_seq_len=2048),
+    # https://huggingface.co/EleutherAI/pythia-160m/blob/main/config.json
+    dict(GPT_NEOX, name="pythia-160m", vocab_size=50304, n_layer=12, n_head=12, n_embd=768, intermediate_size=3072,
+         max_seq_len=2048),
+    # https://huggingface.co/EleutherAI/pythia-410m/blob/main/config.json
+    dict(GPT_NEOX, name="pythia-410m", vocab_size=50304, n_layer=24, n_head=16, n_embd=1024, intermediate_size=4096,
+         max_seq_len=2048),
+    # https://huggingface.co/EleutherAI/pythia-1b/blob/main/config.json
+    dict(GPT_NEOX, name="pythia-1b", vocab_size=50304, n_layer=16, n_head=8, n_embd=2048, intermediate_size=8192,
+         max_seq_len=2048),
+    # https://huggingface.co/EleutherAI/pythia-1.4b/blob/main/config.json
+    dict(GPT_NEOX, name="pythia-1.4b", vocab_size=50304, n_layer=24, n_head=16, n_embd=2048, intermediate_size=8192,
+         max_seq_len=2048),
+    # https://huggingface.co/EleutherAI/pythia-2.8b/blob/main/config.json
+    dict(GPT_NEOX, name="pythia-2.8b", vocab_size=50304, n_layer=32, n_head=32, n_embd=2560,
+         intermediate_size=10240, max_seq_len=2048),
+    # https://huggingface.co/EleutherAI/pythia-6.9b/blob/main/config.json
+    dict(GPT_NEOX, name="pythia-6.9b", vocab_size=50432, n_layer=32, n_head=32, n_embd=4096,
+         intermediate_size=16384, max_seq_len=2048),
+    # https://huggingface.co/EleutherAI/pythia-12b/blob/main/config.json
+    dict(GPT_NEOX, name="pythia-12b", vocab_size=50688, n_layer=36, n_head=40, n_embd=5120,
+         intermediate_size=20480, max_seq_len=2048),
+    ##########################################
+    # Llama-style: SmolLM, TinyLlama, Llama 3.2
+    ##########################################
+    # https://huggingface.co/HuggingFaceTB/SmolLM-135M/blob/main/config.json
+    dict(LLAMA, name="SmolLM-135M", vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, n_embd=576,
+         intermediate_size=1536, max_seq_len=2048, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True),
+    # https://huggingface.co/HuggingFaceTB/SmolLM-360M/blob/main/config.json
+    dict(LLAMA, name="SmolLM-360M", vocab_size=49152, n_layer=32, n_head=15, n_kv_head=5, n_embd=960,
+         intermediate_size=2560, max_seq_len=2048, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True),
+    # https://huggingface.co/TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T/blob/main/config.json
+    dict(LLAMA, name="TinyLlama-1.1B", vocab_size=32000, n_layer=22, n_head=32, n_kv_head=4, n_embd=2048,
+         intermediate_size=5632, max_seq_len=2048, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=False),
+    # https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json
+    # llama3 rope scaling is implemented (decoder.rope_inv_freq), so parity holds at every length.
+    dict(LLAMA, name="Llama-3.2-1B", vocab_size=128256, n_layer=16, n_head=32, n_kv_head=8, n_embd=2048,
+         intermediate_size=8192, max_seq_len=131072, rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=True,
+         rope_scaling=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=8192)),
+    ##########
+    # Qwen2.5
+    ##########
+    # https://huggingface.co/Qwen/Qwen2.5-0.5B/blob/main/config.json
+    dict(LLAMA, name="Qwen2.5-0.5B", vocab_size=151936, n_layer=24, n_head=14, n_kv_head=2, n_embd=896,
+         intermediate_size=4864, max_seq_len=32768, rope_theta=1000000.0, norm_eps=1e-6, tie_embeddings=True,
+         attn_qkv_bias=True),
+    ###############################################################################
+    # From scratch, for quick CPU experiments. vocab_size 4096 is the quickstart
+    # tokenizer's; pass vocab_size=... for another tokenizer.
+    ###############################################################################
+    # GPT-NeoX switches: 1.8M parameters, 0.8M of them outside the embeddings
+    dict(GPT_NEOX, name="pythia-tiny", vocab_size=4096, n_layer=4, n_head=4, n_embd=128, intermediate_size=512,
+         max_seq_len=1024),
+    # Llama switches, grouped-query attention, tied embeddings: 1.3M parameters, 0.8M outside the embeddings
+    dict(LLAMA, name="llama-tiny", vocab_size=4096, n_layer=4, n_head=4, n_kv_head=2, n_embd=128,
+         intermediate_size=384, max_seq_len=1024, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True),
+]
+
+name_to_config = {c["name"]: c for c in configs}
+
+
+def get_config(name: str, **overrides) -> DecoderConfig:
+    """The registry entry `name` as a DecoderConfig, with any field replaced by `overrides`.
+
+    Raises:
+        ModelError: unknown name (with the closest known one), unknown override key, or overrides that
+            make the config inconsistent.
+    """
+    if name not in name_to_config:
+        lowered = {n.lower(): n for n in name_to_config}
+        close = difflib.get_close_matches(name.lower(), lowered, n=1)
+        hint = f"; did you mean {lowered[close[0]]!r}?" if close else ""
+        raise ModelError(f"model.config: {name!r} is not a known model{hint} (see `rafale models`)")
+    fields = sorted(f.name for f in dataclasses.fields(DecoderConfig))
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ModelError(f"model.overrides: unknown key {unknown[0]!r}; valid keys: {', '.join(fields)}")
+    try:
+        return DecoderConfig(**{**copy.deepcopy(name_to_config[name]), **overrides})
+    except ValueError as e:
+        raise ModelError(f"model.overrides: {e}") from e
+
+
+def list_models() -> list[tuple[str, str, int]]:
+    """(name, family, parameter count) for every entry; counted on the meta device, so nothing is allocated."""
+    rows = []
+    for name in name_to_config:
+        config = get_config(name)
+        with torch.device("meta"):
+            n_params = Decoder(config).num_params()
+        rows.append((name, hf_model_type(config), n_params))
+    return rows
