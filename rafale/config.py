@@ -1,0 +1,373 @@
+"""The experiment config: one YAML file, typed sections, strict validation.
+
+`load_config(path, overrides)` reads the YAML, applies dotted `key=value` overrides from the command
+line (the command line wins), converts everything into the dataclasses below and validates the whole
+thing at once: every unknown key, wrong type and impossible value is collected and reported together in
+one ConfigError, each naming the file and the dotted key.
+
+The dataclasses are the schema: their fields, types and defaults are what a config may say, and the
+comment beside a field is its documentation (README's config reference mirrors them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from rafale.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
+OPTIMIZERS = ("adamw", "decoupled_adamw", "sgd")
+SCHEDULES = ("constant", "linear-warmup", "cosine-warmup")
+PIPELINES = ("causal_lm",)
+TOKENIZER_TYPES = ("bpe",)
+LOGGERS = ("console", "file")
+DEVICES = ("auto", "cpu", "gpu")
+_TIME_RE = re.compile(r"^\d+(\.\d+)?(ep|ba|tok|sp|dur)$")
+
+
+# ---- run: identity, length and cadence of a training run --------------------------------------------
+@dataclass
+class RunConfig:
+    name: str = "run"  # the run directory is <output_dir>/<name>
+    seed: int = 42  # seeds model init, data order and dropout
+    max_duration: str = "1ep"  # Composer time: 1ep, 500ba, 2000000tok
+    eval_interval: str = "100ba"  # how often to evaluate on the held-out split
+    save_interval: str = "500ba"  # how often to write a checkpoint (the run end always writes one)
+    save_num_checkpoints_to_keep: int = 2  # older checkpoints are deleted; -1 keeps all
+    log_interval: str = "10ba"  # how often a line goes to metrics.jsonl
+    device_batch_size: Union[int, str] = "auto"  # microbatch per device; auto = the whole batch on CPU
+    precision: str = "auto"  # auto = amp_bf16 on a GPU that supports it, fp32 elsewhere
+    device: str = "auto"  # auto = gpu when CUDA is available, else cpu
+    output_dir: str = "runs"
+    sample_prompt: str = "Once upon a time"  # the end-of-run greedy sample starts here
+    sample_tokens: int = 48
+
+
+# ---- optim: optimizer, schedule and clipping ---------------------------------------------------------
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | decoupled_adamw | sgd
+    lr: float = 6.0e-4
+    weight_decay: float = 0.1  # not applied to norms, biases and embeddings
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1.0e-8
+    schedule: str = "cosine-warmup"  # constant | linear-warmup | cosine-warmup
+    warmup: str = "0.02dur"  # Composer time (fraction of the run as `dur`)
+    final_lr_fraction: float = 0.1  # the LR at the end of the run, as a fraction of lr
+    clip_norm: float = 1.0  # gradient clipping by global norm; 0 disables
+
+
+# ---- model: which architecture, which weights --------------------------------------------------------
+@dataclass
+class ModelConfig:
+    config: str = "pythia-14m"  # a registry name (`rafale models` lists them)
+    overrides: dict = field(default_factory=dict)  # any registry field, e.g. {n_layer: 4}
+    weights: Union[str, None] = None  # HF-layout directory or rafale run directory
+
+
+# ---- data: source, tokenizer and how text becomes blocks ---------------------------------------------
+@dataclass
+class TokenizerTrainConfig:
+    type: str = "bpe"  # byte-level BPE
+    vocab_size: int = 4096
+    min_frequency: int = 2
+
+
+@dataclass
+class TokenizerConfig:
+    path: Union[str, None] = None  # a tokenizer.json file or a directory holding one
+    train: Union[TokenizerTrainConfig, None] = None  # or train one on the train split (cached)
+
+
+@dataclass
+class DataConfig:
+    pipeline: str = "causal_lm"
+    source: str = "synthetic:stories"  # synthetic:<name>, a .txt/.jsonl file, or a folder of them
+    text_field: str = "text"  # the field holding the text in .jsonl files
+    max_documents: Union[int, None] = None  # use only the first N documents of the source
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    block_size: int = 256  # tokens per training example
+    train_batch_size: int = 32  # global batch, in blocks
+    eval_batch_size: int = 32
+    eval_split: float = 0.05  # fraction of documents held out for evaluation
+    seed: int = 0  # seeds the held-out split and the synthetic corpus
+
+
+# ---- logging ----------------------------------------------------------------------------------------
+@dataclass
+class LoggingConfig:
+    loggers: list[str] = field(default_factory=lambda: ["console", "file"])
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source_path: str = field(default="<defaults>", compare=False, repr=False)  # not a config key
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source_path")
+        return d
+
+
+# ---- loading ----------------------------------------------------------------------------------------
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `key=value` overrides, and return a validated Config.
+
+    Raises:
+        ConfigError: naming the file and every bad key at once.
+    """
+    path = Path(path)
+    if not path.is_file():
+        where = "no such file" if not path.exists() else "not a file"
+        raise ConfigError(f"{path}: {where}; expected a YAML config (see configs/quickstart.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); expected a YAML config") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (run, optim, model, data, logging), "
+                          f"got {type(raw).__name__}")
+    return config_from_dict(raw, overrides, source=str(path))
+
+
+def config_from_dict(raw: dict, overrides=(), source: str = "<dict>") -> Config:
+    errors: list[str] = []
+    raw = _apply_overrides(raw, overrides, errors)
+    cfg = _build(Config, raw, "", errors)
+    _validate(cfg, errors)  # fields that failed to convert kept their defaults, so no double reports
+    if errors:
+        raise ConfigError(_format_errors(source, errors))
+    cfg.source_path = source
+    return cfg
+
+
+def _format_errors(source: str, errors: list[str]) -> str:
+    if len(errors) == 1:
+        return f"{source}: {errors[0]}"
+    return f"{source}: {len(errors)} problems: " + "; ".join(errors)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item or item.startswith("="):
+        raise ConfigError(f"override must be key=value (e.g. optim.lr=3e-4), got {item!r}")
+    key, value = item.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def _apply_overrides(raw: dict, overrides, errors: list[str]) -> dict:
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                errors.append(f"{'.'.join(keys)}: cannot set a key under {k!r}, which is not a section")
+                break
+            node = child
+        else:
+            node[keys[-1]] = value
+    return raw
+
+
+def _build(cls, raw: Any, prefix: str, errors: list[str]):
+    """Turn a dict into dataclass `cls`, recording (not raising) every problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_show(raw)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_path"}
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(fields)}"
+            errors.append(f"{dotted}: unknown key{hint}")
+            continue
+        ok, converted = _convert(hints[key], value, dotted, errors)
+        if ok:
+            kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _convert(tp, value, dotted: str, errors: list[str]) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return True, _build(tp, value, dotted + ".", errors)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return True, None
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial: list[str] = []
+            ok, out = _convert(arg, value, dotted, trial)
+            if ok and not trial:
+                return True, out
+        allowed = " or ".join(_type_name(a) for a in args)
+        errors.append(f"{dotted}: expected {allowed}, got {_show(value)}")
+        return False, None
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            errors.append(f"{dotted}: expected a list of {_type_name(item_tp)}, got {_show(value)}")
+            return False, None
+        out = []
+        for i, v in enumerate(value):
+            ok, c = _convert(item_tp, v, f"{dotted}[{i}]", errors)
+            if not ok:
+                return False, None
+            out.append(c)
+        return True, out
+    if tp is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{dotted}: expected a mapping, got {_show(value)}")
+            return False, None
+        return True, dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return True, value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML reads 3e-4 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return True, value
+    errors.append(f"{dotted}: expected {_type_name(tp)}, got {_show(value)}")
+    return False, None
+
+
+def _type_name(tp) -> str:
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _show(value) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return f"a {type(value).__name__}"
+    return f"{value!r}"
+
+
+# ---- validation of values -----------------------------------------------------------------------------
+def _validate(cfg: Config, errors: list[str]) -> None:
+    def need(cond: bool, key: str, msg: str):
+        if not cond:
+            errors.append(f"{key}: {msg}")
+
+    def one_of(value, allowed, key):
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            errors.append(f"{key}: {value!r} is not one of {', '.join(allowed)}{hint}")
+
+    def time_str(value: str, key: str, allow_dur: bool = False):
+        ok = bool(_TIME_RE.match(value)) and (allow_dur or not value.endswith("dur"))
+        if not ok:
+            units = "ep, ba, tok, sp" + (", dur" if allow_dur else "")
+            errors.append(f"{key}: {value!r} is not a duration; expected a number and a unit ({units}), "
+                          f"e.g. 100ba")
+
+    r, o, m, d = cfg.run, cfg.optim, cfg.model, cfg.data
+    need(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", r.name)), "run.name",
+         f"{r.name!r} must be a plain directory name (letters, digits, '_', '-', '.')")
+    for key in ("max_duration", "eval_interval", "save_interval", "log_interval"):
+        time_str(getattr(r, key), f"run.{key}")
+    need(r.save_num_checkpoints_to_keep == -1 or r.save_num_checkpoints_to_keep >= 1,
+         "run.save_num_checkpoints_to_keep", f"expected -1 (keep all) or at least 1, got {r.save_num_checkpoints_to_keep}")
+    if isinstance(r.device_batch_size, str):
+        need(r.device_batch_size == "auto", "run.device_batch_size",
+             f"expected a positive integer or 'auto', got {r.device_batch_size!r}")
+    else:
+        need(r.device_batch_size > 0, "run.device_batch_size",
+             f"expected a positive integer or 'auto', got {r.device_batch_size}")
+        need(r.device_batch_size <= d.train_batch_size, "run.device_batch_size",
+             f"{r.device_batch_size} is larger than data.train_batch_size {d.train_batch_size}")
+    one_of(r.precision, PRECISIONS, "run.precision")
+    one_of(r.device, DEVICES, "run.device")
+    need(r.sample_tokens >= 0, "run.sample_tokens", f"expected 0 or more, got {r.sample_tokens}")
+
+    one_of(o.name, OPTIMIZERS, "optim.name")
+    one_of(o.schedule, SCHEDULES, "optim.schedule")
+    need(o.lr > 0, "optim.lr", f"expected a positive number, got {o.lr}")
+    need(o.weight_decay >= 0, "optim.weight_decay", f"expected 0 or more, got {o.weight_decay}")
+    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
+         f"expected two numbers in [0, 1), got {o.betas}")
+    need(o.eps > 0, "optim.eps", f"expected a positive number, got {o.eps}")
+    time_str(o.warmup, "optim.warmup", allow_dur=True)
+    need(0 <= o.final_lr_fraction <= 1, "optim.final_lr_fraction", f"expected a number in [0, 1], got {o.final_lr_fraction}")
+    need(o.clip_norm >= 0, "optim.clip_norm", f"expected 0 (off) or a positive number, got {o.clip_norm}")
+
+    need(bool(m.config), "model.config", "expected a model name (see `rafale models`)")
+
+    one_of(d.pipeline, PIPELINES, "data.pipeline")
+    need(bool(d.source), "data.source", "expected synthetic:<name>, a file or a folder")
+    need(d.block_size > 0, "data.block_size", f"expected a positive integer, got {d.block_size}")
+    need(d.train_batch_size > 0, "data.train_batch_size", f"expected a positive integer, got {d.train_batch_size}")
+    need(d.eval_batch_size > 0, "data.eval_batch_size", f"expected a positive integer, got {d.eval_batch_size}")
+    need(0 <= d.eval_split < 1, "data.eval_split", f"expected a fraction in [0, 1), got {d.eval_split}")
+    if d.max_documents is not None:
+        need(d.max_documents > 0, "data.max_documents", f"expected a positive integer, got {d.max_documents}")
+    t = d.tokenizer
+    need((t.path is None) != (t.train is None), "data.tokenizer",
+         "expected exactly one of path (a tokenizer.json) or train ({vocab_size: ...})")
+    if t.train is not None:
+        one_of(t.train.type, TOKENIZER_TYPES, "data.tokenizer.train.type")
+        need(t.train.vocab_size >= 260, "data.tokenizer.train.vocab_size",
+             f"expected at least 260 (256 bytes plus special tokens), got {t.train.vocab_size}")
+        need(t.train.min_frequency >= 1, "data.tokenizer.train.min_frequency",
+             f"expected a positive integer, got {t.train.min_frequency}")
+    for i, name in enumerate(cfg.logging.loggers):
+        one_of(name, LOGGERS, f"logging.loggers[{i}]")
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,79 @@
+"""The on-disk cache for prepared data and trained tokenizers.
+
+Layout: `$RAFALE_CACHE` (default `~/.rafale_cache`) / <kind> / <readable-name>-<hash>/. The hash covers
+exactly what changes the bytes inside (see `key_hash`); the readable part only helps a person browsing.
+
+An entry is committed by renaming a finished temporary directory into place, so a reader sees either no
+entry or a complete one; an exclusive lock file makes a second process wait for the first and then reuse
+its result instead of building the same entry twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+FORMAT_VERSION = 1
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RAFALE_CACHE", Path.home() / ".rafale_cache")).expanduser()
+
+
+def key_hash(parts: dict) -> str:
+    blob = json.dumps({"format": FORMAT_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def slug(text: str, limit: int = 40) -> str:
+    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    return s[-limit:].strip("-") or "x"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def build_entry(final: Path) -> Iterator[Path | None]:
+    """Build a cache entry atomically.
+
+    Yields None when `final` already exists (possibly built by another process while this one waited for
+    the lock); otherwise yields an empty temporary directory to fill, renamed to `final` on success and
+    removed on any failure or interruption.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = final.parent / f".{final.name}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if final.exists():
+                yield None
+                return
+            for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed process
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+            tmp.mkdir()
+            try:
+                yield tmp
+                os.rename(tmp, final)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

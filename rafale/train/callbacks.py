@@ -1,0 +1,159 @@
+"""Composer callbacks: the rich progress bar (logger `console`) and metrics.jsonl (logger `file`).
+
+Both run on rank 0 only. Throughput counts training time alone (evaluation and checkpointing excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from composer.core import Callback, State, TimeUnit
+from composer.loggers import Logger
+from composer.utils import dist
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def total_batches(state: State) -> int | None:
+    """The run's length in batches, from max_duration and the dataloader length."""
+    d = state.max_duration
+    if d is None:
+        return None
+    if d.unit == TimeUnit.BATCH:
+        return int(d.value)
+    if d.unit == TimeUnit.EPOCH and state.dataloader_len is not None:
+        return int(d.value) * int(state.dataloader_len)
+    if d.unit == TimeUnit.TOKEN and state.timestamp.batch.value > 0:
+        tokens_per_batch = state.timestamp.token.value / state.timestamp.batch.value
+        return int(d.value / tokens_per_batch)
+    return None
+
+
+class _Clock:
+    """Training-only wall time and token counts, for tokens/s."""
+
+    def __init__(self):
+        self.train_seconds = 0.0
+        self.tokens = 0
+        self._t = None
+
+    def start(self):
+        self._t = time.perf_counter()
+
+    def stop(self, tokens: int):
+        if self._t is not None:
+            self.train_seconds += time.perf_counter() - self._t
+            self.tokens += tokens
+            self._t = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds else 0.0
+
+
+class RunStats(Callback):
+    """Tracks training throughput and the latest losses; everything else reads from here."""
+
+    def __init__(self):
+        self.clock = _Clock()
+        self.train_loss: float | None = None
+        self.eval_loss: float | None = None
+        self.eval_ppl: float | None = None
+        self.lr: float | None = None
+        self._tokens_before = 0
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        self._tokens_before = state.timestamp.token.value
+        self.clock.start()
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        # Composer has already advanced the timestamp when BATCH_END fires
+        tokens = state.timestamp.token.value - self._tokens_before
+        loss = state.loss
+        self.train_loss = float(sum(l.item() for l in loss) / len(loss)) if isinstance(loss, (list, tuple)) else float(loss.item())
+        self.clock.stop(tokens)
+        self.lr = state.optimizers[0].param_groups[0]["lr"]
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        metrics = next(iter(state.eval_metrics.values()), {})
+        if "CrossEntropy" in metrics:
+            self.eval_loss = float(metrics["CrossEntropy"].compute())
+            self.eval_ppl = float(metrics["Perplexity"].compute())
+
+
+class RichProgress(Callback):
+    def __init__(self, stats: RunStats, console):
+        self.stats = stats
+        self.console = console
+        self.progress: Progress | None = None
+        self.task = None
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() != 0:
+            return
+        columns = (TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} ba"),
+                   TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        self.progress = Progress(*columns, console=self.console, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total_batches(state), loss="-", lr="-", tps="-",
+                                           completed=state.timestamp.batch.value)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if self.progress is None:
+            return
+        s = self.stats
+        total = total_batches(state)
+        self.progress.update(self.task, completed=state.timestamp.batch.value, total=total,
+                             loss=f"{s.train_loss:.3f}", lr=f"{s.lr:.2e}", tps=f"{s.clock.tokens_per_second:,.0f}")
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        if self.progress is not None and self.stats.eval_loss is not None:
+            self.progress.console.print(f"  step {state.timestamp.batch.value}: eval loss {self.stats.eval_loss:.4f}, "
+                                        f"perplexity {self.stats.eval_ppl:.2f}")
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class MetricsFile(Callback):
+    """Appends one JSON line per logged training step and per evaluation to metrics.jsonl."""
+
+    def __init__(self, path: Path, stats: RunStats, log_interval: int):
+        self.path = Path(path)
+        self.stats = stats
+        self.log_interval = max(1, log_interval)
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() != 0 or not self.path.exists():
+            return
+        # On resume, drop lines written after the checkpoint we resumed from: they will be written again.
+        step = state.timestamp.batch.value
+        kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+        self.path.write_text("".join(l + "\n" for l in kept))
+
+    def _write(self, record: dict) -> None:
+        if dist.get_global_rank() == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        step = state.timestamp.batch.value
+        if step % self.log_interval == 0 or step == total_batches(state):
+            s = self.stats
+            self._write({"step": step, "tokens": state.timestamp.token.value,
+                         "train/loss": s.train_loss, "lr": s.lr, "tokens_per_s": round(s.clock.tokens_per_second, 1),
+                         "time": round(time.time(), 3)})
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        s = self.stats
+        if s.eval_loss is not None:
+            self._write({"step": state.timestamp.batch.value,
+                         "tokens": state.timestamp.token.value,
+                         "eval/loss": s.eval_loss, "eval/perplexity": s.eval_ppl, "time": round(time.time(), 3)})

@@ -1,0 +1,232 @@
+"""`rafale run`: prepare data, build the model, train through Composer, export and summarise.
+
+The run directory (`<run.output_dir>/<run.name>/`) holds config.yaml (the resolved config), manifest.json
+(versions, data cache key, seed, hardware, git commit, status), checkpoints/, metrics.jsonl and final/.
+A finished run is never overwritten without FORCE=1; a run that stopped part way resumes from its latest
+checkpoint when started again with a compatible config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from composer.utils import dist
+from rich.console import Console
+from rich.table import Table
+
+import rafale
+from rafale.config import Config, dump_config
+from rafale.data import causal_lm
+from rafale.data.cache import write_json
+from rafale.errors import RunStateError
+from rafale.train import callbacks as cb
+from rafale.train.trainer import build_model, build_trainer, check_fits, model_config
+
+# Keys a resumed run may change: they do not alter what the checkpoint means.
+RESUMABLE_CHANGES = ("run.max_duration", "run.eval_interval", "run.save_interval", "run.log_interval",
+                     "run.save_num_checkpoints_to_keep", "run.sample_prompt", "run.sample_tokens",
+                     "run.device", "run.device_batch_size", "logging.loggers")
+LATEST = "latest-rank0.pt"
+
+
+@dataclass
+class RunDir:
+    path: Path
+    resume_from: Path | None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "overrides":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def open_run_dir(cfg: Config, force: bool) -> RunDir:
+    path = Path(cfg.run.output_dir) / cfg.run.name
+    manifest = path / "manifest.json"
+    if path.exists() and force:
+        shutil.rmtree(path)
+    elif manifest.exists():
+        status = json.loads(manifest.read_text()).get("status")
+        latest = path / "checkpoints" / LATEST
+        if status == "finished":
+            raise RunStateError(f"{path}: run {cfg.run.name!r} already finished; FORCE=1 (or --force) starts it "
+                                f"over, run.name=<other> keeps it")
+        if latest.exists():
+            import yaml
+
+            old = _flatten(yaml.safe_load((path / "config.yaml").read_text()))
+            new = _flatten(cfg.to_dict())
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+            if changed:
+                raise RunStateError(f"{path}: cannot resume: the config changed in {', '.join(changed)}; "
+                                    f"restore them, or FORCE=1 to start over")
+            return RunDir(path, latest.resolve())
+    return RunDir(path, None)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware() -> dict:
+    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "processes": dist.get_world_size()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_manifest(rd: RunDir, cfg: Config, data: causal_lm.PreparedData, status: str, **extra) -> None:
+    import composer
+    import tokenizers
+
+    path = rd.path / "manifest.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    manifest = {**old, "status": status, "rafale": rafale.__version__, "torch": torch.__version__,
+                "composer": composer.__version__, "tokenizers": tokenizers.__version__,
+                "python": platform.python_version(), "seed": cfg.run.seed, "data_cache": str(data.path),
+                "data_key": data.key, "hardware": hardware(), "git_commit": git_commit(), **extra}
+    manifest.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    tmp = path.with_suffix(".tmp")
+    write_json(tmp, manifest)
+    os.replace(tmp, path)
+
+
+def unigram_eval_loss(data: causal_lm.PreparedData) -> float | None:
+    """Cross-entropy of a unigram model (add-one smoothed train counts) on the eval targets."""
+    train, evals = data.blocks("train"), data.blocks("eval")
+    if evals is None:
+        return None
+    vocab = data.tokenizer.vocab_size
+    counts = train.unigram_counts(vocab).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    targets = np.asarray(evals.tokens).reshape(-1, evals.block_size)[:, 1:]  # what the model is scored on
+    return float(-logp[targets].mean())
+
+
+def run(cfg: Config, *, data_only: bool = False, debug: bool = False, force: bool = False,
+        console: Console | None = None) -> int:
+    console = console or Console()
+    rank0 = dist.get_global_rank() == 0
+    quiet = Console(quiet=True)
+    if cfg.model.weights is None and not data_only:
+        check_fits(cfg, model_config(cfg))  # a bad model name or block size fails before any data work
+    data = causal_lm.prepare(cfg.data, console=console if rank0 else quiet)
+    if data_only:
+        return 0
+    model = build_model(cfg, data)
+    if debug:
+        from rafale.train.debug import debug_run
+
+        return debug_run(cfg, model, data, console)
+
+    rd = open_run_dir(cfg, force)
+    if rank0:
+        rd.checkpoints.mkdir(parents=True, exist_ok=True)
+        (rd.path / "config.yaml").write_text(dump_config(cfg))
+        write_manifest(rd, cfg, data, "running")
+        if rd.resume_from:
+            console.print(f"resuming {rd.path} from checkpoint {rd.resume_from.name}")
+        else:
+            console.print(f"training {cfg.model.config} ({model.num_params():,} parameters) -> {rd.path}")
+    stats = cb.RunStats()
+    callbacks = [stats]
+    progress = None
+    if "console" in cfg.logging.loggers:
+        progress = cb.RichProgress(stats, console)
+        callbacks.append(progress)
+    if "file" in cfg.logging.loggers:
+        callbacks.append(cb.MetricsFile(rd.path / "metrics.jsonl", stats, _batches(cfg.run.log_interval)))
+    trainer = build_trainer(cfg, model, data, save_folder=str(rd.checkpoints), callbacks=callbacks,
+                            load_path=str(rd.resume_from) if rd.resume_from else None)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        if progress:
+            progress.stop()
+        if rank0:
+            write_manifest(rd, cfg, data, "interrupted")
+            console.print(f"[yellow]interrupted[/]; run the same command again to resume from the latest "
+                          f"checkpoint in {rd.checkpoints}")
+        raise
+    finally:
+        trainer.close()
+    if not rank0:
+        return 0
+    final = export_final(model, data, rd)
+    summary = summarize(cfg, trainer, stats, data, model, final)
+    write_manifest(rd, cfg, data, "finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), summary=summary)
+    print_summary(console, summary)
+    return 0
+
+
+def _batches(interval: str) -> int:
+    return int(float(interval[:-2])) if interval.endswith("ba") else 1
+
+
+def export_final(model, data: causal_lm.PreparedData, rd: RunDir) -> Path:
+    from rafale.models.weights import export_hf
+
+    final = rd.path / "final"
+    tmp = rd.path / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    export_hf(model, tmp)
+    shutil.copyfile(data.path / "tokenizer.json", tmp / "tokenizer.json")
+    write_json(tmp / "generation_config.json", {"eos_token_id": data.tokenizer.eos_id,
+                                                "pad_token_id": data.tokenizer.pad_id})
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    return final
+
+
+def summarize(cfg: Config, trainer, stats: cb.RunStats, data, model, final: Path) -> dict:
+    from rafale.models.generate import complete
+
+    ts = trainer.state.timestamp
+    model.eval()
+    sample = complete(model, data.tokenizer, cfg.run.sample_prompt, cfg.run.sample_tokens) \
+        if cfg.run.sample_tokens else None
+    return {"steps": ts.batch.value, "tokens": ts.token.value, "train_loss": stats.train_loss,
+            "eval_loss": stats.eval_loss, "eval_perplexity": stats.eval_ppl,
+            "unigram_eval_loss": unigram_eval_loss(data), "tokens_per_second": round(stats.clock.tokens_per_second, 1),
+            "train_seconds": round(stats.clock.train_seconds, 2), "saved": str(final), "sample": sample}
+
+
+def print_summary(console: Console, s: dict) -> None:
+    t = Table(title="run summary", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    t.add_row("steps", f"{s['steps']:,}")
+    t.add_row("tokens seen", f"{s['tokens']:,}")
+    t.add_row("train loss", fmt(s["train_loss"], ".4f"))
+    t.add_row("eval loss", fmt(s["eval_loss"], ".4f"))
+    t.add_row("eval perplexity", fmt(s["eval_perplexity"], ".2f"))
+    t.add_row("unigram eval loss", fmt(s["unigram_eval_loss"], ".4f") + "  (a model that ignores context)")
+    t.add_row("throughput", f"{s['tokens_per_second']:,.0f} tokens/s")
+    t.add_row("saved", s["saved"])
+    if s["sample"] is not None:
+        t.add_row("sample", s["sample"])
+    console.print(t)
