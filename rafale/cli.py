@@ -43,12 +43,17 @@ def run(
 ):
     """Prepare data, train, evaluate, save and sample, as the config says."""
     from rafale.config import load_config
+
+    cfg = load_config(config, overrides or [])  # before the heavy imports: config errors come back fast
+    if data_only or _flag("DATA"):
+        from rafale.data.causal_lm import prepare
+
+        prepare(cfg.data, console=console)
+        raise typer.Exit(0)
     from rafale.train.run import run as run_experiment
 
-    cfg = load_config(config, overrides or [])
-    code = run_experiment(cfg, data_only=data_only or _flag("DATA"), debug=debug or _flag("DEBUG"),
-                          force=force or _flag("FORCE"), console=console)
-    raise typer.Exit(code)
+    raise typer.Exit(run_experiment(cfg, debug=debug or _flag("DEBUG"), force=force or _flag("FORCE"),
+                                    console=console))
 
 
 @app.command()

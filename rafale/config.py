@@ -357,6 +357,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     if d.max_documents is not None:
         need(d.max_documents > 0, "data.max_documents", f"expected a positive integer, got {d.max_documents}")
     t = d.tokenizer
+    if t.path is None and t.train is None:  # neither given: train the default tokenizer
+        t.train = TokenizerTrainConfig()
     need((t.path is None) != (t.train is None), "data.tokenizer",
          "expected exactly one of path (a tokenizer.json) or train ({vocab_size: ...})")
     if t.train is not None:

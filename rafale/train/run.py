@@ -125,23 +125,21 @@ def unigram_eval_loss(data: causal_lm.PreparedData) -> float | None:
     return float(-logp[targets].mean())
 
 
-def run(cfg: Config, *, data_only: bool = False, debug: bool = False, force: bool = False,
-        console: Console | None = None) -> int:
+def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Console | None = None) -> int:
+    """Train as `cfg` says (or, with debug, overfit one batch). Returns the process exit code."""
     console = console or Console()
     rank0 = dist.get_global_rank() == 0
-    quiet = Console(quiet=True)
-    if cfg.model.weights is None and not data_only:
-        check_fits(cfg, model_config(cfg))  # a bad model name or block size fails before any data work
-    data = causal_lm.prepare(cfg.data, console=console if rank0 else quiet)
-    if data_only:
-        return 0
+    # pre-flight: a bad model name, block size or run state fails before any data work
+    if cfg.model.weights is None:
+        check_fits(cfg, model_config(cfg))
+    rd = None if debug else open_run_dir(cfg, force)
+    data = causal_lm.prepare(cfg.data, console=console if rank0 else Console(quiet=True))
     model = build_model(cfg, data)
     if debug:
         from rafale.train.debug import debug_run
 
         return debug_run(cfg, model, data, console)
 
-    rd = open_run_dir(cfg, force)
     if rank0:
         rd.checkpoints.mkdir(parents=True, exist_ok=True)
         (rd.path / "config.yaml").write_text(dump_config(cfg))
