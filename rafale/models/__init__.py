@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from rafale.errors import ModelError
 from rafale.models.decoder import Decoder, DecoderConfig, KVCache
 from rafale.models.registry import get_config, list_models
 from rafale.models.weights import export_hf, load_hf_checkpoint
@@ -34,8 +35,11 @@ def from_pretrained(path, device="cpu", dtype: Optional[torch.dtype] = None) -> 
         ModelError: see load_hf_checkpoint.
     """
     path = Path(path)
-    if not (path / "config.json").exists() and (path / "final").is_dir():
-        path = path / "final"
+    if not (path / "config.json").exists():
+        if (path / "final").is_dir():
+            path = path / "final"
+        elif (path / "checkpoints").is_dir():
+            raise ModelError(f"{path}: this run has no final/ export yet (did it finish?)")
     config, state_dict = load_hf_checkpoint(path)
     with torch.device("meta"):
         model = Decoder(config)  # no memory and no random init: the checkpoint fills everything

@@ -12,9 +12,11 @@ Notable choices:
   cos/sin are precomputed in fp32 for `max_seq_len` positions and kept as buffers outside the state dict;
   Llama 3.1/3.2 frequency scaling ("llama3" rope type) is supported through `rope_scaling`.
 - Attention is F.scaled_dot_product_attention. Training (no cache, no padding) takes the `is_causal` fast
-  path; a KV cache or a padding mask builds one boolean mask per forward, shared by all layers.
+  path; a KV cache or a padding mask builds one boolean mask per forward, shared by all layers. Grouped
+  kv heads are repeated explicitly rather than through SDPA's enable_gqa, which is slow on CPU; when
+  decoding one token, each group of query heads shares its kv head without any copy.
 - The KV cache is preallocated, (B, n_kv_head, max_len, head_dim) per layer, and written in place at a
-  position counter: no torch.cat and no allocation per decoded token.
+  position counter: no torch.cat, and the cache is never regrown or copied while decoding.
 - `vocab_size` is the embedding size as stored in the checkpoint (Pythia's 50304 is already padded).
 
 Mirrors transformers' models/gpt_neox/modeling_gpt_neox.py, models/llama/modeling_llama.py and
@@ -229,13 +231,20 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            is_causal=mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=nkv != nh,
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        if nkv != nh and T == 1:
+            # Decoding one token with grouped kv heads: each group's queries take the place of query
+            # positions, so the cached keys and values are used as they are, without a copy.
+            q = q.view(B, nkv, nh // nkv, hs)  # (B, nkv, nh/nkv, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            return self.o_proj(y.reshape(B, 1, C))  # (B, 1, C)
+        if nkv != nh:
+            # SDPA's enable_gqa=True falls back to its slow math kernel on CPU (8x slower to train in
+            # torch 2.7); copying each kv head for its query group keeps the fused kernel.
+            k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
+        is_causal = mask is None and T > 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.o_proj(y)
 
@@ -276,6 +285,8 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
+    """Token embedding -> n_layer Blocks -> final norm -> lm_head (an nn.Linear, tied to wte if configured)."""
+
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = config
@@ -322,7 +333,8 @@ class Decoder(nn.Module):
     def make_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
         """A KV cache for `batch_size` sequences of up to `max_len` positions (prompt + generated).
 
-        device and dtype default to the model's.
+        device and dtype default to the model's parameters'. Under autocast pass the compute dtype
+        (e.g. torch.bfloat16): the cached keys must match the queries' dtype.
         """
         if max_len > self.config.max_seq_len:
             raise ValueError(
@@ -361,7 +373,8 @@ class Decoder(nn.Module):
         if position_ids is None:
             cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, rd)
         else:
-            cos, sin = self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)  # (B, 1, T, rd)
+            cos = self.rope_cos[position_ids].unsqueeze(1)  # (B, 1, T, rd)
+            sin = self.rope_sin[position_ids].unsqueeze(1)  # (B, 1, T, rd)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         mask = attention_mask_for(T, start, attention_mask, input_ids.device)
         for block in self.blocks:

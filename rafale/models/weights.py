@@ -158,7 +158,9 @@ def config_from_hf(hf: dict, name: str = "decoder") -> DecoderConfig:
         raise ModelError(f"config.json: model_type {model_type!r} is not supported; rafale reads {sorted(NAME_MAPS)}")
     architectures = hf.get("architectures") or [ARCHITECTURES[model_type]]
     if architectures != [ARCHITECTURES[model_type]]:
-        raise ModelError(f"config.json: architectures {architectures} is not supported; expected [{ARCHITECTURES[model_type]!r}]")
+        raise ModelError(
+            f"config.json: architectures {architectures} is not supported; expected [{ARCHITECTURES[model_type]!r}]"
+        )
 
     def need(key):
         if key not in hf:
@@ -166,9 +168,12 @@ def config_from_hf(hf: dict, name: str = "decoder") -> DecoderConfig:
         return hf[key]
 
     neox = model_type == "gpt_neox"
-    act = hf.get("hidden_act", "gelu" if neox else "silu")
-    if act != ("gelu" if neox else "silu"):
-        raise ModelError(f"config.json: hidden_act {act!r} is not supported for {model_type}; expected {'gelu' if neox else 'silu'!r}")
+    expected_act = "gelu" if neox else "silu"
+    act = hf.get("hidden_act", expected_act)
+    if act != expected_act:
+        raise ModelError(
+            f"config.json: hidden_act {act!r} is not supported for {model_type}; expected {expected_act!r}"
+        )
     n_embd, n_head = need("hidden_size"), need("num_attention_heads")
     if hf.get("head_dim") not in (None, n_embd // n_head):
         raise ModelError(f"config.json: head_dim {hf['head_dim']} != hidden_size / num_attention_heads; not supported")
@@ -178,7 +183,9 @@ def config_from_hf(hf: dict, name: str = "decoder") -> DecoderConfig:
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
-        raise ModelError(f"config.json: rope_type {rope_type!r} is not supported; rafale implements 'default' and 'llama3'")
+        raise ModelError(
+            f"config.json: rope_type {rope_type!r} is not supported; rafale implements 'default' and 'llama3'"
+        )
     rope_scaling = None
     if rope_type == "llama3":
         try:
@@ -203,27 +210,22 @@ def config_from_hf(hf: dict, name: str = "decoder") -> DecoderConfig:
     if neox:
         if not hf.get("attention_bias", True):
             raise ModelError("config.json: gpt_neox with attention_bias false is not supported")
-        return DecoderConfig(
-            **common,
-            rotary_pct=rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)),
-            parallel_residual=hf.get("use_parallel_residual", True),
-            norm="layernorm",
-            norm_eps=hf.get("layer_norm_eps", 1e-5),
-            mlp="gelu",
-            bias=True,
-        )
-    bias = hf.get("attention_bias", False)
-    if model_type == "llama" and bias != hf.get("mlp_bias", False):
-        raise ModelError("config.json: llama with attention_bias != mlp_bias is not supported; rafale's bias switch covers both")
-    return DecoderConfig(
-        **common,
-        n_kv_head=hf.get("num_key_value_heads", n_head),
-        norm="rmsnorm",
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        mlp="swiglu",
-        bias=model_type == "llama" and bias,
-        attn_qkv_bias=model_type == "qwen2",
-    )
+        family = dict(rotary_pct=rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)),
+                      parallel_residual=hf.get("use_parallel_residual", True), norm="layernorm",
+                      norm_eps=hf.get("layer_norm_eps", 1e-5), mlp="gelu", bias=True)
+    else:
+        bias = hf.get("attention_bias", False)
+        if model_type == "llama" and bias != hf.get("mlp_bias", False):
+            raise ModelError(
+                "config.json: llama with attention_bias != mlp_bias is not supported; rafale's bias switch covers both"
+            )
+        family = dict(n_kv_head=hf.get("num_key_value_heads", n_head), norm="rmsnorm",
+                      norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", bias=model_type == "llama" and bias,
+                      attn_qkv_bias=model_type == "qwen2")
+    try:
+        return DecoderConfig(**common, **family)
+    except ValueError as e:
+        raise ModelError(f"config.json: {e}") from e
 
 
 def config_to_hf(config: DecoderConfig, dtype: torch.dtype = torch.float32) -> dict:
@@ -245,7 +247,8 @@ def config_to_hf(config: DecoderConfig, dtype: torch.dtype = torch.float32) -> d
     if c.rope_scaling is not None:
         s = c.rope_scaling
         rope_scaling = {"rope_type": "llama3", "factor": s["factor"], "low_freq_factor": s["low_freq_factor"],
-                        "high_freq_factor": s["high_freq_factor"], "original_max_position_embeddings": s["original_max_seq_len"]}
+                        "high_freq_factor": s["high_freq_factor"],
+                        "original_max_position_embeddings": s["original_max_seq_len"]}
     if model_type == "gpt_neox":
         return {**hf, "rotary_pct": c.rotary_pct, "rotary_emb_base": c.rope_theta, "rope_scaling": rope_scaling,
                 "use_parallel_residual": c.parallel_residual, "layer_norm_eps": c.norm_eps, "hidden_act": "gelu",

@@ -56,6 +56,15 @@ def test_forward_is_lm_head_of_hidden_states(kwargs):
     torch.testing.assert_close(model(ids), model.lm_head(h), rtol=0, atol=0)
 
 
+@FAMILIES
+def test_training_step_reaches_every_parameter(kwargs):
+    model = make(kwargs, dropout=0.1).train()
+    ids = torch.randint(0, 128, (2, 10))
+    logits = model(ids[:, :-1])
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
 def test_tied_embeddings_share_one_parameter():
     model = make(LLAMA)
     assert model.lm_head.weight is model.wte.weight
@@ -202,3 +211,18 @@ def test_kv_cache_refuses_overflow_and_oversized_buffers():
     with pytest.raises(ValueError, match="3 filled; cannot add 1 x 2"):
         model(torch.zeros(1, 2, dtype=torch.long), kv_cache=cache)
     assert cache.pos == 3  # a refused call leaves the cache as it was
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@FAMILIES
+@torch.no_grad()
+def test_on_cuda_kv_cache_and_outputs_match_cpu(kwargs):
+    model = make(kwargs)
+    prompt = torch.randint(0, 128, (2, 7))
+    cpu_ids = greedy(model, prompt, 20, False)
+    model.cuda()
+    torch.testing.assert_close(greedy(model, prompt.cuda(), 20, True).cpu(), cpu_ids, rtol=0, atol=0)
+    model.to(torch.bfloat16)
+    logits = model(prompt.cuda()).float().cpu()
+    assert torch.isfinite(logits).all() and logits.shape == (2, 7, 128)

@@ -127,6 +127,12 @@ def test_from_pretrained_accepts_a_run_dir_and_a_dtype(tmp_path):
     torch.testing.assert_close(loaded(ids).float(), model(ids), rtol=0.05, atol=0.05)
 
 
+def test_unfinished_run_dir_says_so(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ModelError, match="run: this run has no final/ export"):
+        from_pretrained(tmp_path / "run")
+
+
 # --- export: rafale -> HF -------------------------------------------------------------------------------------
 
 SMALL = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, max_seq_len=256, init_std=0.1)
@@ -267,6 +273,7 @@ def test_old_checkpoint_buffers_are_dropped(neox_dir):
          r"architectures \['GPTNeoXForSequenceClassification'\] is not supported; expected \['GPTNeoXForCausalLM'\]"),
         (dict(hidden_act="relu"), "hidden_act 'relu' is not supported for gpt_neox"),
         (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_type 'linear' is not supported"),
+        (dict(hidden_size=130), "DecoderConfig 'decoder': n_embd 130 is not divisible by n_head 4"),
     ],
 )
 def test_unsupported_hf_configs_are_named(edit, match):
