@@ -98,6 +98,9 @@ def get_tokenizer(cfg: DataConfig, source_fp: dict, train_docs: Callable[[], lis
     final = cache_root() / "tokenizers" / f"{slug(cfg.source)}-{t.type}{t.vocab_size}-{key_hash(parts)}"
     with build_entry(final) as tmp:
         if tmp is not None:
-            log(f"training a {t.type.upper()} tokenizer (vocab {t.vocab_size}) on the train split")
-            train_bpe(train_docs(), t.vocab_size, t.min_frequency).save(str(tmp / "tokenizer.json"))
+            tok = train_bpe(train_docs(), t.vocab_size, t.min_frequency)
+            tok.save(str(tmp / "tokenizer.json"))
+            n = tok.get_vocab_size()
+            short = f" (the corpus offers no more merges under min_frequency {t.min_frequency})" if n < t.vocab_size else ""
+            log(f"trained a {t.type.upper()} tokenizer on the train split: {n} tokens of {t.vocab_size} asked{short}")
     return load_tokenizer(final / "tokenizer.json")

@@ -13,7 +13,7 @@ import warnings
 import torch
 from composer import Trainer
 from composer.algorithms import GradientClipping
-from composer.optim import (ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler, DecoupledAdamW,
+from composer.optim import (ConstantScheduler, ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler, DecoupledAdamW,
                             LinearWithWarmupScheduler)
 from composer.utils import dist
 
@@ -94,7 +94,8 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
 def build_scheduler(cfg: Config):
     o = cfg.optim
     if o.schedule == "constant":
-        return ConstantWithWarmupScheduler(t_warmup=o.warmup)
+        no_warmup = float(o.warmup.rstrip("abdeoprstuk")) == 0  # "0ba", "0dur", ...
+        return ConstantScheduler() if no_warmup else ConstantWithWarmupScheduler(t_warmup=o.warmup)
     if o.schedule == "linear-warmup":
         return LinearWithWarmupScheduler(t_warmup=o.warmup, alpha_f=o.final_lr_fraction)
     return CosineAnnealingWithWarmupScheduler(t_warmup=o.warmup, alpha_f=o.final_lr_fraction)
