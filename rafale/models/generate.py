@@ -232,6 +232,16 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> Optional[int]:
     return min(hits) if hits else None
 
 
+def encode_prompts(model, tok, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of every prompt; ConfigError for an empty one or one that fills the model's positions."""
+    encoded = [tok.tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
+    for i, (p, ids) in enumerate(zip(prompts, encoded)):
+        if not ids:
+            raise ConfigError(f"prompt {i + 1} ({p!r}) is empty; expected some text to continue")
+    check_prompts(encoded, model.config.max_seq_len)
+    return encoded
+
+
 def generate_texts(
     model,
     tok,
@@ -253,10 +263,7 @@ def generate_texts(
     (the pieces add up to the final text); `on_row_done(i)` is called once per finished prompt.
     """
     stop = [s for s in stop if s]
-    encoded = [tok.tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
-    for i, (p, ids) in enumerate(zip(prompts, encoded)):
-        if not ids:
-            raise ConfigError(f"prompt {i + 1} ({p!r}) is empty; expected some text to continue")
+    encoded = encode_prompts(model, tok, prompts)
     results = [Completion(p, prompt_tokens=len(ids)) for p, ids in zip(prompts, encoded)]
     stats = stats if stats is not None else Stats()
     hold = max((len(s) for s in stop), default=1) - 1  # text that may yet become a stop string
@@ -320,3 +327,76 @@ def generate_texts(
 def complete(model, tok, prompt: str, max_new_tokens: int) -> str:
     """The prompt followed by its greedy continuation, as text (`tok` is a TokenizerInfo)."""
     return prompt + generate_texts(model, tok, [prompt], max_new_tokens)[0].completion
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command line's pieces: prompts files, streaming or a progress bar, the jsonl output
+
+
+def read_prompts(path) -> list[str]:
+    """Prompts from a .jsonl file (one {"prompt": ...} object or JSON string per line) or a text file
+    (one prompt per line; blank lines are skipped; write \\n for a line break)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--prompts-file {path}: no such file; expected a .txt or .jsonl file of prompts")
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            prompts.append(line.replace("\\n", "\n"))
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{n}: not valid JSON ({e.msg}); expected {{\"prompt\": \"...\"}}") from None
+        prompt = item.get("prompt") if isinstance(item, dict) else item
+        if not isinstance(prompt, str) or not prompt:
+            raise ConfigError(f"{path}:{n}: expected a JSON object with a non-empty \"prompt\" string, "
+                              f"or a JSON string; got {line[:60]!r}")
+        prompts.append(prompt)
+    if not prompts:
+        raise ConfigError(f"--prompts-file {path}: holds no prompts")
+    return prompts
+
+
+def generate_to_console(model, tok, prompts: Sequence[str], max_new_tokens: int, *, console, err_console,
+                        output=None, **kw) -> list[Completion]:
+    """What `rafale generate` shows: one prompt streams its text to stdout as it is made; several show a
+    progress bar and print (or, with `output`, write as jsonl) the completions. Speeds go to stderr."""
+    import json
+    import sys
+
+    from rich.progress import Progress
+
+    stats = Stats()
+    encode_prompts(model, tok, prompts)  # fail before printing anything
+    if len(prompts) == 1 and output is None:
+        sys.stdout.write(prompts[0])
+        sys.stdout.flush()
+
+        def stream(_: int, piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        results = generate_texts(model, tok, prompts, max_new_tokens, on_text=stream, stats=stats, **kw)
+        sys.stdout.write("\n")
+    else:
+        with Progress(console=err_console, transient=True) as progress:
+            task = progress.add_task("generating", total=len(prompts))
+            results = generate_texts(model, tok, prompts, max_new_tokens, stats=stats,
+                                     on_row_done=lambda _: progress.advance(task), **kw)
+        if output is None:
+            for r in results:
+                console.print(r.prompt + r.completion + "\n", highlight=False, markup=False)
+    if output is not None:
+        with open(output, "w", encoding="utf-8") as f:
+            for r in results:
+                f.write(json.dumps({"prompt": r.prompt, "completion": r.completion, "tokens": len(r.tokens),
+                                    "finish_reason": r.finish_reason}, ensure_ascii=False) + "\n")
+        err_console.print(f"wrote {len(results)} completions to {output}", highlight=False)
+    err_console.print(stats.summary(), highlight=False)
+    return results

@@ -24,6 +24,16 @@ HF_CONFIGS = {
 PROMPTS = [[5, 17, 99, 3, 42, 7, 7, 200], [11], [64, 65, 66, 67]]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Decoding a tiny model is dispatch-bound: extra threads only wait for each other (100x slower on a
+    busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module", params=sorted(HF_CONFIGS))
 def pair(request, tmp_path_factory):
     """(HF model, the same weights loaded by rafale) for GPT-NeoX and Llama."""
