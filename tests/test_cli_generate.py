@@ -61,23 +61,37 @@ def test_a_prompts_file_gives_one_json_object_per_prompt(model_dir, tmp_path):
         assert 1 <= row["tokens"] <= 6 and row["finish_reason"] in ("eos", "stop", "length")
 
 
+def test_a_bad_path_fails_in_one_line_with_exit_code_2(tmp_path):
+    r = rafale(tmp_path, "-p", "hi", cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: ") and "no tokenizer.json" in r.stderr and r.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize("args, message", [
-    (["{empty}", "-p", "hi"], "no tokenizer.json"),
     (["{model}", "-p", "fox " * 60], "the model attends to at most 48 positions"),
     (["{model}", "-p", ""], "prompt 1 ('') is empty"),
     (["{model}", "-p", "hi", "--top-p", "1.5"], "top_p (--top-p) must be in (0, 1], got 1.5"),
+    (["{model}", "-p", "hi", "--top-p", "0"], "top_p (--top-p) must be in (0, 1], got 0.0"),
     (["{model}", "-p", "hi", "--temperature", "-1"], "temperature (--temperature) must be >= 0"),
+    (["{model}"], "give either -p/--prompt"),
     (["{model}", "--prompts-file", "missing.txt"], "--prompts-file missing.txt: no such file"),
     (["{model}", "--prompts-file", "bad.jsonl"], "bad.jsonl:2: not valid JSON"),
+    (["{model}", "--prompts-file", "empty.jsonl"], "empty.jsonl:1: expected a JSON object with a non-empty"),
 ])
-def test_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, args, message):
+def test_bad_input_is_one_line_and_exit_code_2(model_dir, tmp_path, monkeypatch, capsys, args, message):
+    """Through the command's main(), in this process: the same path as above, without a new interpreter."""
+    from rafale import cli
+
     (tmp_path / "bad.jsonl").write_text('{"prompt": "fine"}\n{"prompt": oops}\n')
-    (tmp_path / "empty").mkdir()
-    args = [a.format(model=model_dir, empty=tmp_path / "empty") for a in args]
-    r = rafale(*args, cwd=tmp_path)
-    assert r.returncode == 2, r.stderr
-    assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
-    assert r.stdout == ""
+    (tmp_path / "empty.jsonl").write_text('{"prompt": ""}\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAFALE_MALLOC", "0")
+    monkeypatch.setattr(sys, "argv", ["rafale", "generate", *(a.format(model=model_dir) for a in args)])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == ""
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
 def test_stop_strings_and_eos_end_a_completion_where_expected(model_dir):
