@@ -65,8 +65,11 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Make sampling reproducible."),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="End a completion at this text (repeatable)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads; 1 is often fastest for small models."),
 ):
     """Continue prompts with a KV cache: greedy by default, or sampled; EOS and --stop end a completion."""
+    import torch
+
     from rafale.data.tokenizer import tokenizer_beside
     from rafale.errors import ConfigError
     from rafale.models import from_pretrained
@@ -76,6 +79,8 @@ def generate(
         raise ConfigError("give either -p/--prompt (repeatable) or --prompts-file, not both and not neither")
     prompts = list(prompt) if prompt is not None else read_prompts(prompts_file)
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
+    if threads is not None:
+        torch.set_num_threads(threads)
     tok, model = tokenizer_beside(path), from_pretrained(path)
     generate_to_console(model, tok, prompts, max_new_tokens, console=console, err_console=err_console,
                         output=output, sampling=sampling, stop=stop or (), seed=seed, batch_size=batch_size)
