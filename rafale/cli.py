@@ -65,7 +65,7 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Make sampling reproducible."),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="End a completion at this text (repeatable)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads; 1 is often fastest for small models."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (1 is often fastest here)."),
 ):
     """Continue prompts with a KV cache: greedy by default, or sampled; EOS and --stop end a completion."""
     import torch

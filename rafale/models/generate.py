@@ -66,7 +66,8 @@ def check_sampling(temperature: float, top_k: Optional[int], top_p: Optional[flo
     if top_p is not None and not 0 < top_p <= 1:
         raise ConfigError(f"top_p (--top-p) must be in (0, 1], got {top_p}")
     if repetition_penalty is not None and not repetition_penalty > 0:
-        raise ConfigError(f"repetition_penalty (--repetition-penalty) must be > 0 (1 is none), got {repetition_penalty}")
+        raise ConfigError(f"repetition_penalty (--repetition-penalty) must be > 0 (1 is none), "
+                          f"got {repetition_penalty}")
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
@@ -175,7 +176,8 @@ def generate(
     seen = None
     if sampling.repetition_penalty not in (None, 1.0):
         seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device)
-        seen.scatter_(1, ids, mask.bool() if mask is not None else True)
+        for row, p in enumerate(prompts_ids):
+            seen[row, list(p)] = True
 
     logits = last_logits(model, ids, position_ids=positions, attention_mask=mask, kv_cache=cache)
     new_ids: list[list[int]] = [[] for _ in range(B)]
