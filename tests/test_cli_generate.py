@@ -14,7 +14,7 @@ import torch
 
 from rafale.data.tokenizer import load_tokenizer, train_bpe
 from rafale.models import Decoder, export_hf, from_pretrained, get_config
-from rafale.models.generate import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, generate_texts
+from rafale.models.generate import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, complete, generate_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["Once upon a time there was a little fox.", "The fox liked to run in the green forest.",
@@ -98,6 +98,7 @@ def test_stop_strings_and_eos_end_a_completion_where_expected(model_dir):
     model, tok = from_pretrained(model_dir), load_tokenizer(model_dir / "tokenizer.json")
     free = generate_texts(model, tok, ["The fox", "One day"], 12)
     assert [r.finish_reason for r in free] == [FINISH_LENGTH] * 2 and len(free[0].tokens) == 12
+    assert complete(model, tok, "The fox", 12) == "The fox" + free[0].completion  # the end-of-run sample
     text = free[0].completion
     stop = text[len(text) // 2: len(text) // 2 + 3]
     cut = generate_texts(model, tok, ["The fox", "One day"], 12, stop=[stop, "never there"])
