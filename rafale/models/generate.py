@@ -220,18 +220,23 @@ class Completion:
 
 @dataclass
 class Stats:
-    """Token counts and wall time, split between the prompt (prefill) and the decoding steps."""
+    """Token counts and wall time, split between the prompt (prefill) and the decoding steps.
+
+    The prompt's forward pass also makes each row's first new token; `decoded_tokens` counts the others,
+    the ones the decoding steps (`decode_s`) made.
+    """
 
     prompt_tokens: int = 0
     prefill_s: float = 0.0
     new_tokens: int = 0
+    decoded_tokens: int = 0
     decode_s: float = 0.0
 
     def summary(self) -> str:
         prompt_tps = self.prompt_tokens / max(self.prefill_s, 1e-9)
-        decode_tps = self.new_tokens / max(self.decode_s, 1e-9)
+        decode_tps = self.decoded_tokens / max(self.decode_s, 1e-9)
         return (f"prompt: {self.prompt_tokens} tokens, {prompt_tps:,.0f} tokens/s; "
-                f"decoding: {self.new_tokens} tokens, {decode_tps:,.0f} tokens/s")
+                f"decoding: {self.new_tokens} new tokens, {decode_tps:,.0f} tokens/s")
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> Optional[int]:
@@ -282,22 +287,20 @@ def generate_texts(
         rows = range(start, min(start + batch_size, len(prompts)))
         shown = {i: 0 for i in rows}  # characters already passed to on_text
 
-        def text_of(i: int, ids: list[int]) -> str:
+        def text_of(ids: list[int]) -> str:
             return decode([t for t in ids if t != tok.eos_id])
 
-        def is_done(row: int, ids: list[int]) -> bool:
-            return _cut_at_stop(text_of(start + row, ids), stop) is not None
+        def is_done(_row: int, ids: list[int]) -> bool:
+            return _cut_at_stop(text_of(ids), stop) is not None
 
         steps = generate(model, [encoded[i] for i in rows], max_new_tokens, sampling=sampling,
                          eos_id=tok.eos_id, seed=seed, pad_id=pad, is_done=is_done if stop else None)
         t0 = time.perf_counter()
-        first = True
-        for out in steps:
-            if first:  # the first token comes out of the prompt's forward pass
+        for n_step, out in enumerate(steps):
+            if n_step == 0:  # the first tokens come out of the prompt's forward pass
                 t1 = time.perf_counter()
                 stats.prompt_tokens += sum(len(encoded[i]) for i in rows)
                 stats.prefill_s += t1 - t0
-                first = False
             for row, token in enumerate(out):
                 if token is None:
                     continue
@@ -305,8 +308,9 @@ def generate_texts(
                 r = results[i]
                 r.tokens.append(token)
                 stats.new_tokens += 1
+                stats.decoded_tokens += n_step > 0
                 finished = token == tok.eos_id
-                text = text_of(i, r.tokens)
+                text = text_of(r.tokens)
                 cut = _cut_at_stop(text, stop) if stop else None
                 if finished:
                     r.finish_reason = FINISH_EOS
