@@ -4,7 +4,7 @@
     DATA=1  rafale run -c ...                               only prepare (or reuse) the data cache
     DEBUG=1 rafale run -c ...                               overfit one batch; exit 0 if the loss collapses
     FORCE=1 rafale run -c ...                               start a finished run over
-    rafale generate runs/quickstart -p "Once upon a time"  greedy decoding with a KV cache
+    rafale generate runs/quickstart -p "Once upon a time"  stream a continuation (KV cache, greedy or sampled)
     rafale models                                           the model registry
 
 User mistakes (RafaleError) print one line and exit with code 2; RAFALE_DEBUG=1 or --verbose shows the
@@ -59,17 +59,36 @@ def run(
 @app.command()
 def generate(
     path: Path = typer.Argument(..., help="A run directory, its final/ directory, or an HF-layout model directory."),
-    prompt: str = typer.Option(..., "-p", "--prompt", help="The text to continue."),
-    max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", min=1, help="How many tokens to add."),
+    prompt: Optional[List[str]] = typer.Option(None, "-p", "--prompt", help="A text to continue (repeatable)."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help=".txt (one per line) or .jsonl prompts."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON object per prompt here."),
+    max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", help="How many tokens to add at most."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 is greedy; higher is more random."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample among the k most likely tokens."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample within the nucleus of probability p."),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="> 1 discourages repeats."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Make sampling reproducible."),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="End a completion at this text (repeatable)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (1 is often fastest here)."),
 ):
-    """Continue a prompt greedily with a KV cache."""
-    from rafale.models import from_pretrained
-    from rafale.models.generate import complete
-    from rafale.data.tokenizer import tokenizer_beside
+    """Continue prompts with a KV cache: greedy by default, or sampled; EOS and --stop end a completion."""
+    import torch
 
-    model = from_pretrained(path)
-    tok = tokenizer_beside(path)
-    console.print(complete(model, tok, prompt, max_new_tokens), highlight=False, markup=False)
+    from rafale.data.tokenizer import tokenizer_beside
+    from rafale.errors import ConfigError
+    from rafale.models import from_pretrained
+    from rafale.models.generate import Sampling, generate_to_console, read_prompts
+
+    if (prompt is None) == (prompts_file is None):
+        raise ConfigError("give either -p/--prompt (repeatable) or --prompts-file, not both and not neither")
+    prompts = list(prompt) if prompt is not None else read_prompts(prompts_file)
+    sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    tok, model = tokenizer_beside(path), from_pretrained(path)
+    generate_to_console(model, tok, prompts, max_new_tokens, console=console, err_console=err_console,
+                        output=output, sampling=sampling, stop=stop or (), seed=seed, batch_size=batch_size)
 
 
 @app.command()

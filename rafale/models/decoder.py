@@ -141,7 +141,10 @@ def rope_tables(config: DecoderConfig, device=None) -> tuple[torch.Tensor, torch
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first rd dims of every head of x (B, nh, T, hs); the other hs - rd dims pass through."""
+    """Rotate the first rd dims of every head of x (..., hs); the other hs - rd dims pass through.
+
+    cos and sin (..., rd) broadcast against x: (T, 1, rd) or (B, T, 1, rd) for x (B, T, heads, hs).
+    """
     rd = cos.size(-1)
     x_rot, x_pass = x[..., :rd], x[..., rd:]
     x1, x2 = x_rot.chunk(2, dim=-1)
@@ -186,6 +189,7 @@ class KVCache:
         shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.layers = [(self.k[i], self.v[i]) for i in range(n_layer)]  # per-layer views, made once
         self.pos = 0
 
     @property
@@ -198,10 +202,10 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, nkv, T, hs) at pos; return views of all keys and values so far (B, nkv, S, hs)."""
-        end = self.pos + k.size(2)
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        T, (k_all, v_all) = k.size(2), self.layers[layer]
+        k_all.narrow(2, self.pos, T).copy_(k)  # narrow: one op per write, cheaper than slicing 3 dims
+        v_all.narrow(2, self.pos, T).copy_(v)
+        return k_all.narrow(2, 0, self.pos + T), v_all.narrow(2, 0, self.pos + T)
 
     def reset(self):
         self.pos = 0
@@ -224,11 +228,11 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, kv_cache: Optional[KVCache]):
         B, T, C = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, T, nh + 2 * nkv, hs)
+        qk = apply_rope(qkv[:, :, : nh + nkv], cos, sin)  # q and k heads rotated together (B, T, nh+nkv, hs)
+        q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, T, hs)
+        k = qk[:, :, nh:].transpose(1, 2)  # (B, nkv, T, hs)
+        v = qkv[:, :, nh + nkv :].transpose(1, 2)  # (B, nkv, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs)
         dropout_p = self.dropout if self.training else 0.0
@@ -277,11 +281,14 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cos, sin, mask, kv_cache):
-        a = self.dropout(self.attn(self.input_layernorm(x), cos, sin, mask, kv_cache))
-        if self.parallel_residual:  # GPT-NeoX: both branches read the block's input
-            return x + a + self.dropout(self.mlp(self.post_attention_layernorm(x)))
-        x = x + a
-        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+        a = self.attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
+        if self.training:  # eval skips the Dropout calls: each module call costs real time when decoding
+            a = self.dropout(a)
+        h = x if self.parallel_residual else x + a  # GPT-NeoX: both branches read the block's input
+        m = self.mlp(self.post_attention_layernorm(h))
+        if self.training:
+            m = self.dropout(m)
+        return x + a + m if self.parallel_residual else h + m
 
 
 class Decoder(nn.Module):
@@ -371,10 +378,9 @@ class Decoder(nn.Module):
 
         x = self.wte(input_ids)
         if position_ids is None:
-            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, rd)
+            cos, sin = self.rope_cos[start : start + T, None], self.rope_sin[start : start + T, None]  # (T, 1, rd)
         else:
-            cos = self.rope_cos[position_ids].unsqueeze(1)  # (B, 1, T, rd)
-            sin = self.rope_sin[position_ids].unsqueeze(1)  # (B, 1, T, rd)
+            cos, sin = self.rope_cos[position_ids].unsqueeze(2), self.rope_sin[position_ids].unsqueeze(2)  # (B, T, 1, rd)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         mask = attention_mask_for(T, start, attention_mask, input_ids.device)
         for block in self.blocks:

@@ -1,0 +1,90 @@
+"""Greedy generation speed: rafale's KV-cache loop against transformers' generate, same weights, one process.
+
+    PYTHONPATH=. python benchmarks/generate.py [--threads 1] [--repeats 5]
+
+A pythia-14m-shaped model (hidden 128, 6 layers, 4 heads, rotary 0.25, parallel residual, vocab 8192),
+randomly initialised, exported with rafale.models.weights.export_hf and loaded by GPTNeoXForCausalLM.
+Prompt 32 tokens, 256 new tokens, batch 1 and batch 8; the two implementations alternate and each figure
+is a median over repeats, so a noisy machine affects both alike. Prints one JSON line: new tokens/s for
+each, the ratios, and rafale's time per step around step 16 and step 256.
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+
+from rafale.models import Decoder, export_hf, get_config
+from rafale.models.generate import generate
+
+PROMPT, NEW = 32, 256
+
+
+def rafale_run(model, prompts):
+    """(tokens (B, NEW), seconds, seconds per step for each step after the first)."""
+    stamps, out = [time.perf_counter()], []
+    for step in generate(model, prompts.tolist(), NEW):
+        out.append(step)
+        stamps.append(time.perf_counter())
+    steps = [b - a for a, b in zip(stamps[1:], stamps[2:])]
+    return torch.tensor(out).T, stamps[-1] - stamps[0], steps
+
+
+def hf_run(hf, prompts):
+    t = time.perf_counter()
+    out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=NEW, do_sample=False,
+                      pad_token_id=0)
+    return out[:, PROMPT:], time.perf_counter() - t
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: decoding is dispatch-bound)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import transformers
+    from transformers import GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    model = Decoder(get_config("pythia-14m", vocab_size=8192)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        export_hf(model, tmp)
+        hf = GPTNeoXForCausalLM.from_pretrained(tmp, attn_implementation="sdpa").eval()
+    hf.generation_config.eos_token_id = None  # always make NEW tokens, as rafale does without an eos_id
+
+    result = {"bench": "generate", "model": "pythia-14m shape, vocab 8192", "prompt": PROMPT, "new_tokens": NEW,
+              "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
+              "transformers": transformers.__version__}
+    for batch in (1, 8):
+        prompts = torch.randint(0, 8192, (batch, PROMPT), generator=torch.Generator().manual_seed(batch))
+        rafale_run(model, prompts), hf_run(hf, prompts)  # warm-up
+        ours, theirs, steps = [], [], []
+        for _ in range(args.repeats):
+            tokens, seconds, step_s = rafale_run(model, prompts)
+            ours.append(seconds)
+            steps.append(step_s)
+            hf_tokens, seconds = hf_run(hf, prompts)
+            theirs.append(seconds)
+        ours_tps = batch * NEW / statistics.median(ours)
+        hf_tps = batch * NEW / statistics.median(theirs)
+        result[f"b{batch}"] = {
+            "rafale_tok_s": round(ours_tps), "transformers_tok_s": round(hf_tps), "ratio": round(ours_tps / hf_tps, 2),
+            "same_tokens": bool(torch.equal(tokens, hf_tokens)),
+        }
+        if batch == 1:  # per-step time near the start and near the end of the 256 steps
+            early = [statistics.median(run[8:24]) for run in steps]
+            late = [statistics.median(run[-16:]) for run in steps]
+            result["b1"].update(
+                ms_per_step_16=round(statistics.median(early) * 1e3, 3),
+                ms_per_step_256=round(statistics.median(late) * 1e3, 3),
+                step_256_over_16=round(statistics.median(b / a for a, b in zip(early, late)), 2),  # per run
+            )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
