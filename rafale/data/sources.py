@@ -45,7 +45,8 @@ def _sources(cfg: DataConfig) -> list[str]:
 def describe(cfg: DataConfig) -> str:
     """A short readable name for the source (cache entry names)."""
     items = _sources(cfg)
-    return items[0] if len(items) == 1 else f"{items[0]}+{len(items) - 1}"
+    first = items[0] if kind(cfg) in ("synthetic", "hub") else Path(items[0]).name
+    return first if len(items) == 1 else f"{first}+{len(items) - 1}"
 
 
 def kind(cfg: DataConfig) -> str:

@@ -3,10 +3,13 @@
 Trainable types: `bpe` (byte-level, GPT-2 style: any text round-trips), `wordpiece` (BERT style) and
 `unigram` (SentencePiece style, Metaspace). The special tokens default to the pipeline's needs:
 `<|endoftext|>` and `<|pad|>` for causal_lm/sft, `[PAD] [UNK] [CLS] [SEP] [MASK]` for classification/mlm.
+BPE training is deterministic: the same corpus and settings give the same file, byte for byte.
+WordPiece and Unigram are not (their trainers break ties in hash-map order, so two trainings can differ
+in a few tokens or scores); that is harmless here because a trained tokenizer is cached and reused, and the data cache is
+keyed by the tokenizer file's content.
 
-A trained tokenizer is cached under `$RAFALE_CACHE/tokenizers/`, keyed by the source fingerprint, the
-held-out split and the training settings, so a second run finds it without reading any text. Training
-is deterministic: the same corpus and settings give the same file, byte for byte.
+A trained tokenizer is cached under `$RAFALE_CACHE/tokenizers/`, keyed by the source fingerprint (which
+holds the split settings) and the training settings, so a second run finds it without reading any text.
 """
 
 from __future__ import annotations
