@@ -25,6 +25,7 @@ from rafale.config import DataConfig
 from rafale.data import sources
 from rafale.data.cache import build_entry, cache_root, key_hash, slug, write_json
 from rafale.data.tokenizer import TokenizerInfo, get_tokenizer, load_tokenizer
+from rafale.errors import ConfigError
 
 
 def pipeline_module(name: str):
@@ -43,7 +44,11 @@ class PreparedData:
         """The split as a torch Dataset (None when it is empty)."""
         return pipeline_module(self.meta["pipeline"]).dataset(self.path, self.meta, split)
 
-    def blocks(self, split: str):  # the causal_lm name, kept for the training code
+    def blocks(self, split: str):
+        """The causal_lm training blocks (what rafale/train uses)."""
+        if self.meta["pipeline"] != "causal_lm":
+            raise ConfigError(f"data.pipeline: {self.meta['pipeline']!r} data is prepared in {self.path}, but "
+                              f"training is wired for causal_lm only so far; use DATA=1 to prepare it")
         return self.dataset(split)
 
     def collator(self, **kwargs):

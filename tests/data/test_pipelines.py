@@ -114,3 +114,24 @@ def test_mlm_masking_rates_and_specials(tmp_path):
     n = picked.sum()
     assert abs(masked.sum() / n - 0.8) < 0.04 and abs(kept.sum() / n - 0.1) < 0.03
     assert not torch.isin(out["input_ids"][picked & ~masked & ~kept], torch.tensor(data.tokenizer.special_ids())).any()
+
+
+def test_fewer_tokens_than_one_block_leaves_no_entry(tmp_path, cache_dir):
+    (tmp_path / "a.txt").write_text("\n\n".join(sentences(40)))
+    with pytest.raises(DataError, match=r"fewer than one block of data.block_size 4096"):
+        prepare(data_cfg(source=str(tmp_path / "a.txt"), block_size=4096, eval_split=0))
+    assert [p for p in (cache_dir / "data").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_missing_label_field_named(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "a b", "target": 1}])
+    with pytest.raises(DataError, match=r"no field 'label'.*found: text, target"):
+        prepare(data_cfg(pipeline="classification", source=str(tmp_path / "a.jsonl")))
+
+
+def test_config_rejects_bad_data_values():
+    from rafale.config import config_from_dict
+    from rafale.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.pipeline: 'sfft'.*did you mean 'sft'.*data.txt_document"):
+        config_from_dict({"data": {"pipeline": "sfft", "txt_document": "line"}})
