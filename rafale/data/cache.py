@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump when the bytes a pipeline writes change meaning
 
 
 def cache_root() -> Path:

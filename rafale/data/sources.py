@@ -128,6 +128,9 @@ def load_splits(cfg: DataConfig, fields: list[str]) -> dict[str, dict[str, list]
     if k == "synthetic":
         from rafale.data.synthetic import load_synthetic
 
+        if fields[1:]:
+            raise DataError(f"data.source: {cfg.source} holds only text; pipeline {cfg.pipeline} needs fields "
+                            f"{', '.join(fields)} (use a .jsonl, .csv or .parquet file)")
         docs = load_synthetic(_sources(cfg)[0].split(":", 1)[1], n=cfg.max_documents, seed=cfg.seed)
         named = {"train": {fields[0]: docs}}
     elif k == "hub" or k == "disk":

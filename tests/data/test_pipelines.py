@@ -96,7 +96,7 @@ def test_mlm_masking_rates_and_specials(tmp_path):
     (tmp_path / "a.txt").write_text("\n\n".join(sentences(400)))
     data = prepare(data_cfg(pipeline="mlm", source=str(tmp_path / "a.txt"), block_size=64,
                             tokenizer={"train": {"type": "wordpiece", "vocab_size": 300, "min_frequency": 1}}))
-    blocks = data.blocks("train")
+    blocks = data.dataset("train")
     collate = data.collator(probability=0.15, generator=torch.Generator().manual_seed(0))
     items = [blocks[i] for i in range(len(blocks))]
     orig = torch.stack(items)
