@@ -318,8 +318,9 @@ def _load_datasets(cfg: DataConfig, k: str, fields: list[str]) -> dict[str, dict
             ds = datasets.load_dataset(hub, cfg.hub_config, revision=cfg.hub_revision)
         except Exception as e:
             first = (str(e).splitlines() or [type(e).__name__])[0][:160]
-            raise DataError(f"data.source: cannot load hub dataset {hub!r} (config {cfg.hub_config}, revision "
-                            f"{cfg.hub_revision}): {first}; without network, save a local copy once with "
+            raise DataError(f"data.source: no local path {hub!r}, and cannot load it as a hub dataset (config "
+                            f"{cfg.hub_config}, revision {cfg.hub_revision}): {first}; without network, save a "
+                            f"local copy once with "
                             f"datasets.load_dataset({hub!r}).save_to_disk('DIR') and set data.source: DIR, or "
                             f"export it to .jsonl/.parquet files") from None
     if isinstance(ds, datasets.Dataset):

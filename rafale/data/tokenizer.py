@@ -172,7 +172,7 @@ def get_tokenizer(cfg: DataConfig, source_fp: dict, train_docs: Callable[[], lis
     final = cache_root() / "tokenizers" / f"{slug(describe(cfg))}-{t.type}{t.vocab_size}-{key_hash(parts)}"
     with build_entry(final) as tmp:
         if tmp is not None:
-            log(f"training a {t.type} tokenizer (vocab {t.vocab_size}) on the train split")
-            train_tokenizer(train_docs(), t.type, t.vocab_size, t.min_frequency, specials) \
-                .save(str(tmp / "tokenizer.json"))
+            docs = train_docs()  # reads the source: a bad one fails here, before any training
+            log(f"training a {t.type} tokenizer (vocab {t.vocab_size}) on the {len(docs):,} train documents")
+            train_tokenizer(docs, t.type, t.vocab_size, t.min_frequency, specials).save(str(tmp / "tokenizer.json"))
     return load_tokenizer(final / "tokenizer.json")

@@ -87,7 +87,7 @@ def test_synthetic():
 
 
 def test_hub_offline_names_the_id_and_the_local_way():
-    with pytest.raises(DataError, match=r"hub dataset 'someone/stories'.*save_to_disk"):
+    with pytest.raises(DataError, match=r"no local path 'someone/stories'.*hub dataset.*save_to_disk"):
         load(source="someone/stories")
 
 
