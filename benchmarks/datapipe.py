@@ -141,7 +141,7 @@ def main() -> None:
 
     tps = lambda r: r["tokens"] / r["seconds"]
     print(json.dumps({
-        "benchmark": "datapipe", "mb": round(n_bytes / 1e6, 1), "documents": len(docs), "tokens": b["tokens"],
+        "benchmark": "datapipe", "mb": round(n_bytes / 1e6, 1), "documents": len(docs), "tokens": b1["tokens"],
         "naive_tok_s": round(tps(a)), "encode_batch_tok_s": round(tps(b)), "rafale_tok_s": round(tps(c)),
         "rafale_vs_encode_batch": round(tps(c) / tps(b), 3), "rafale_vs_naive": round(tps(c) / tps(a), 2),
         "rafale_peak_rss_mb": round(c["peak_rss_mb"]), "cache_hit_first_batch_s": round(c["hit_first_batch_s"], 4),
