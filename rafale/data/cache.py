@@ -46,17 +46,22 @@ def file_sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def build_entry(final: Path) -> Iterator[Path | None]:
+def build_entry(final: Path, on_wait=None) -> Iterator[Path | None]:
     """Build a cache entry atomically.
 
     Yields None when `final` already exists (possibly built by another process while this one waited for
     the lock); otherwise yields an empty temporary directory to fill, renamed to `final` on success and
-    removed on any failure or interruption.
+    removed on any failure or interruption. `on_wait(message)` is called if another process holds the lock.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     lock_path = final.parent / f".{final.name}.lock"
     with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(f"waiting for another process that is preparing {final}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if final.exists():
                 yield None

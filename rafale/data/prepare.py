@@ -86,7 +86,7 @@ def prepare(cfg: DataConfig, console=None) -> PreparedData:
                     else f"{cfg.tokenizer.train.type}{cfg.tokenizer.train.vocab_size}", 20)
     final = cache_root() / "data" / f"{slug(sources.describe(cfg))}-{tok_name}-len{cfg.block_size}-{key}"
     t0 = time.perf_counter()
-    with build_entry(final) as tmp:
+    with build_entry(final, on_wait=log) as tmp:
         if tmp is not None:
             with progress_bar(console) as progress:
                 meta = pipe.build(cfg, splits(), tok, tmp, progress)

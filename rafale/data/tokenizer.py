@@ -170,7 +170,7 @@ def get_tokenizer(cfg: DataConfig, source_fp: dict, train_docs: Callable[[], lis
     from rafale.data.sources import describe
 
     final = cache_root() / "tokenizers" / f"{slug(describe(cfg))}-{t.type}{t.vocab_size}-{key_hash(parts)}"
-    with build_entry(final) as tmp:
+    with build_entry(final, on_wait=log) as tmp:
         if tmp is not None:
             docs = train_docs()  # reads the source: a bad one fails here, before any training
             log(f"training a {t.type} tokenizer (vocab {t.vocab_size}) on the {len(docs):,} train documents")
