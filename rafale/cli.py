@@ -6,6 +6,7 @@
     FORCE=1 rafale run -c ...                               start a finished run over
     rafale generate runs/quickstart -p "Once upon a time"  stream a continuation (KV cache, greedy or sampled)
     rafale models                                           the model registry
+    rafale cache list | rafale cache clear NAME|--all      prepared data and trained tokenizers
 
 User mistakes (RafaleError) print one line and exit with code 2; RAFALE_DEBUG=1 or --verbose shows the
 traceback too.
@@ -102,6 +103,43 @@ def models():
     for name, family, n_params in list_models():
         table.add_row(name, family, f"{n_params:,}")
     console.print(table)
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="Browse and clear prepared data and trained tokenizers.")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+def cache_list():
+    """List cache entries: name, size, tokens per split, last used."""
+    import time
+
+    from rich.table import Table
+
+    from rafale.data.cache import cache_root, entries
+
+    table = Table("kind", "size", "tokens", "last used", title=str(cache_root()))
+    table.add_column("name", overflow="fold")
+    for e in entries():
+        tokens = ", ".join(f"{s} {n:,}" for s, n in e["tokens"].items()) if e["tokens"] else "-"
+        table.add_row(e["kind"], f"{e['bytes'] / 1e6:,.1f} MB", tokens,
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"])), e["name"])
+    console.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    name: Optional[str] = typer.Argument(None, help="The entry to remove (as `rafale cache list` names it)."),
+    all_: bool = typer.Option(False, "--all", help="Remove every entry."),
+):
+    """Remove one cache entry, or all of them with --all."""
+    from rafale.data.cache import clear
+    from rafale.errors import RafaleError
+
+    if (name is None) == (not all_):
+        raise RafaleError("cache clear: give one entry name or --all")
+    removed = clear(None if all_ else name)
+    console.print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}")
 
 
 def _tune_malloc() -> None:

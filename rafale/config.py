@@ -27,8 +27,10 @@ from rafale.errors import ConfigError
 PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
 OPTIMIZERS = ("adamw", "decoupled_adamw", "sgd")
 SCHEDULES = ("constant", "linear-warmup", "cosine-warmup")
-PIPELINES = ("causal_lm",)
-TOKENIZER_TYPES = ("bpe",)
+PIPELINES = ("causal_lm", "sft", "classification", "mlm")
+TOKENIZER_TYPES = ("bpe", "wordpiece", "unigram")
+TXT_DOCUMENTS = ("paragraph", "file")
+FINGERPRINTS = ("stat", "content")
 LOGGERS = ("console", "file")
 DEVICES = ("auto", "cpu", "gpu")
 _TIME_RE = re.compile(r"^\d+(\.\d+)?(ep|ba|tok|sp|dur)$")
@@ -77,29 +79,51 @@ class ModelConfig:
 # ---- data: source, tokenizer and how text becomes blocks ---------------------------------------------
 @dataclass
 class TokenizerTrainConfig:
-    type: str = "bpe"  # byte-level BPE
+    type: str = "bpe"  # bpe (byte-level) | wordpiece | unigram
     vocab_size: int = 4096
     min_frequency: int = 2
+    special_tokens: Union[list[str], None] = None  # null = the pipeline's (causal_lm/sft: <|endoftext|>
+    # <|pad|>; classification/mlm: [PAD] [UNK] [CLS] [SEP] [MASK])
 
 
 @dataclass
 class TokenizerConfig:
-    path: Union[str, None] = None  # a tokenizer.json file or a directory holding one
+    path: Union[str, None] = None  # a tokenizer.json, a directory holding one, or a hub id (owner/name)
     train: Union[TokenizerTrainConfig, None] = None  # or train one on the train split (cached)
 
 
 @dataclass
 class DataConfig:
-    pipeline: str = "causal_lm"
-    source: str = "synthetic:stories"  # synthetic:<name>, a .txt/.jsonl file, or a folder of them
-    text_field: str = "text"  # the field holding the text in .jsonl files
-    max_documents: Union[int, None] = None  # use only the first N documents of the source
+    pipeline: str = "causal_lm"  # causal_lm | sft | classification | mlm
+    # where the text comes from: synthetic:<name>; a file, a list of files or a glob (.txt .jsonl .json
+    # .parquet .csv); a folder of them; a datasets save_to_disk folder; or a hub dataset id (owner/name
+    # or hf:name)
+    source: Union[str, list[str]] = "synthetic:stories"
+    text_field: str = "text"  # the text column (.jsonl/.json/.parquet/.csv/datasets)
+    txt_document: str = "paragraph"  # .txt files: paragraph = one document per blank-line block; file = per file
+    fingerprint: str = "stat"  # local files enter the cache key by path+size+mtime (stat) or by content hash
+    hub_config: Union[str, None] = None  # hub datasets: the config (subset) name
+    hub_revision: Union[str, None] = None  # hub datasets: a branch, tag or commit
+    train_split_name: str = "train"  # the source's own train split
+    eval_split_name: Union[str, None] = None  # the source's own eval split; null = validation, valid, dev or test
+    max_documents: Union[int, None] = None  # use only the first N documents of the train split
+    shuffle: bool = False  # shuffle documents (seeded by data.seed) before tokenizing
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     block_size: int = 256  # tokens per training example
     train_batch_size: int = 32  # global batch, in blocks
     eval_batch_size: int = 32
-    eval_split: float = 0.05  # fraction of documents held out for evaluation
-    seed: int = 0  # seeds the held-out split and the synthetic corpus
+    eval_split: float = 0.05  # fraction of documents held out when the source has no eval split
+    seed: int = 0  # seeds the held-out split, the shuffle and the synthetic corpus
+    # sft: prompt/response pairs; labels are -100 on the prompt and the padding
+    prompt_field: str = "prompt"
+    response_field: str = "generation"
+    packing: bool = False  # sft: pack several examples into one block (labels stay masked per example)
+    # classification: [CLS] text [SEP] (text_pair [SEP]) -> label
+    text_pair_field: Union[str, None] = None  # the second text of a pair, if any
+    label_field: str = "label"
+    labels: Union[list[str], None] = None  # the label set, in id order; null = discovered from train
+    # mlm: masking happens in the collator, fresh at every epoch
+    mlm_probability: float = 0.15  # of non-special tokens; of those 80% [MASK], 10% random, 10% kept
 
 
 # ---- logging ----------------------------------------------------------------------------------------
@@ -349,18 +373,26 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     need(bool(m.config), "model.config", "expected a model name (see `rafale models`)")
 
     one_of(d.pipeline, PIPELINES, "data.pipeline")
-    need(bool(d.source), "data.source", "expected synthetic:<name>, a file or a folder")
+    sources = d.source if isinstance(d.source, list) else [d.source]
+    need(bool(sources) and all(sources), "data.source",
+         "expected synthetic:<name>, a file, a list of files, a glob, a folder or a hub dataset id")
+    one_of(d.txt_document, TXT_DOCUMENTS, "data.txt_document")
+    one_of(d.fingerprint, FINGERPRINTS, "data.fingerprint")
     need(d.block_size > 0, "data.block_size", f"expected a positive integer, got {d.block_size}")
     need(d.train_batch_size > 0, "data.train_batch_size", f"expected a positive integer, got {d.train_batch_size}")
     need(d.eval_batch_size > 0, "data.eval_batch_size", f"expected a positive integer, got {d.eval_batch_size}")
     need(0 <= d.eval_split < 1, "data.eval_split", f"expected a fraction in [0, 1), got {d.eval_split}")
+    need(0 < d.mlm_probability < 1, "data.mlm_probability", f"expected a fraction in (0, 1), got {d.mlm_probability}")
+    if d.labels is not None:
+        need(len(d.labels) >= 2 and len(set(d.labels)) == len(d.labels), "data.labels",
+             f"expected at least two distinct labels, got {d.labels}")
     if d.max_documents is not None:
         need(d.max_documents > 0, "data.max_documents", f"expected a positive integer, got {d.max_documents}")
     t = d.tokenizer
     if t.path is None and t.train is None:  # neither given: train the default tokenizer
         t.train = TokenizerTrainConfig()
     need((t.path is None) != (t.train is None), "data.tokenizer",
-         "expected exactly one of path (a tokenizer.json) or train ({vocab_size: ...})")
+         "expected exactly one of path (a tokenizer.json, a directory or a hub id) or train ({vocab_size: ...})")
     if t.train is not None:
         one_of(t.train.type, TOKENIZER_TYPES, "data.tokenizer.train.type")
         need(t.train.vocab_size >= 260, "data.tokenizer.train.vocab_size",

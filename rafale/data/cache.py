@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump when the bytes a pipeline writes change meaning
 
 
 def cache_root() -> Path:
@@ -46,17 +46,22 @@ def file_sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def build_entry(final: Path) -> Iterator[Path | None]:
+def build_entry(final: Path, on_wait=None) -> Iterator[Path | None]:
     """Build a cache entry atomically.
 
     Yields None when `final` already exists (possibly built by another process while this one waited for
     the lock); otherwise yields an empty temporary directory to fill, renamed to `final` on success and
-    removed on any failure or interruption.
+    removed on any failure or interruption. `on_wait(message)` is called if another process holds the lock.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     lock_path = final.parent / f".{final.name}.lock"
     with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(f"waiting for another process that is preparing {final}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if final.exists():
                 yield None
@@ -77,3 +82,42 @@ def build_entry(final: Path) -> Iterator[Path | None]:
 
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+# ---- browsing: `rafale cache list` / `rafale cache clear` ---------------------------------------------
+def entries() -> list[dict]:
+    """Every finished entry: kind, name, path, size in bytes, tokens (data only), last used (mtime)."""
+    out = []
+    for kind in ("data", "tokenizers"):
+        root = cache_root() / kind
+        if not root.is_dir():
+            continue
+        for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            tokens = None
+            meta = path / "meta.json"
+            if meta.is_file():
+                try:
+                    tokens = {s: v.get("tokens") for s, v in json.loads(meta.read_text())["splits"].items()}
+                except (ValueError, KeyError):
+                    pass
+            out.append({"kind": kind, "name": path.name, "path": path, "bytes": size, "tokens": tokens,
+                        "last_used": path.stat().st_mtime})
+    return out
+
+
+def clear(name: str | None = None) -> list[Path]:
+    """Remove the entry called `name` (or every entry when None), each under its lock; returns the paths."""
+    from rafale.errors import DataError
+
+    found = [e["path"] for e in entries() if name is None or e["name"] == name]
+    if name is not None and not found:
+        known = ", ".join(e["name"] for e in entries()) or "none"
+        raise DataError(f"cache: no entry named {name!r} under {cache_root()}; entries: {known}")
+    for path in found:
+        with open(path.parent / f".{path.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            trash = path.parent / f".{path.name}.tmp-clear-{os.getpid()}"
+            os.rename(path, trash)  # gone at once for readers; then deleted
+            shutil.rmtree(trash, ignore_errors=True)
+    return found
