@@ -134,9 +134,18 @@ class MetricsFile(Callback):
         if dist.get_global_rank() != 0 or not self.path.exists():
             return
         # On resume, drop lines written after the checkpoint we resumed from: they will be written again.
+        # A process killed mid-write can leave a torn last line; it goes too.
         step = state.timestamp.batch.value
-        kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-        self.path.write_text("".join(l + "\n" for l in kept))
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(l + "\n" for l in kept))
+        tmp.replace(self.path)
 
     def _write(self, record: dict) -> None:
         if dist.get_global_rank() == 0:

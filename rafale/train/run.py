@@ -42,6 +42,7 @@ LATEST = "latest-rank0.pt"
 class RunDir:
     path: Path
     resume_from: Path | None
+    why: str = ""  # why the run resumes (printed), empty for a fresh run
 
     @property
     def checkpoints(self) -> Path:
@@ -78,8 +79,14 @@ def open_run_dir(cfg: Config, force: bool) -> RunDir:
             if changed:
                 raise RunStateError(f"{path}: cannot resume: the config changed in {', '.join(changed)}; "
                                     f"restore them, or FORCE=1 to start over")
-            return RunDir(path, latest.resolve())
+            why = (f"it stopped part way (status {status!r}) and its config is unchanged"
+                   + (" except resumable keys" if _changed_resumable(old, new) else ""))
+            return RunDir(path, latest.resolve(), why)
     return RunDir(path, None)
+
+
+def _changed_resumable(old: dict, new: dict) -> bool:
+    return any(old.get(k) != new.get(k) for k in RESUMABLE_CHANGES)
 
 
 def git_commit() -> str | None:
@@ -147,7 +154,7 @@ def run(cfg: Config, *, data_only: bool = False, debug: bool = False, force: boo
         (rd.path / "config.yaml").write_text(dump_config(cfg))
         write_manifest(rd, cfg, data, "running")
         if rd.resume_from:
-            console.print(f"resuming {rd.path} from checkpoint {rd.resume_from.name}")
+            console.print(f"resuming {rd.path} from checkpoint {rd.resume_from.name}: {rd.why}")
         else:
             console.print(f"training {cfg.model.config} ({model.num_params():,} parameters) -> {rd.path}")
     stats = cb.RunStats()
