@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import shutil
 import subprocess
@@ -165,8 +166,18 @@ def run(cfg: Config, *, data_only: bool = False, debug: bool = False, force: boo
         callbacks.append(progress)
     if "file" in cfg.logging.loggers:
         callbacks.append(cb.MetricsFile(rd.path / "metrics.jsonl", stats, _batches(cfg.run.log_interval)))
-    trainer = build_trainer(cfg, model, data, save_folder=str(rd.checkpoints), callbacks=callbacks,
-                            load_path=str(rd.resume_from) if rd.resume_from else None)
+    try:
+        trainer = build_trainer(cfg, model, data, save_folder=str(rd.checkpoints), callbacks=callbacks,
+                                load_path=str(rd.resume_from) if rd.resume_from else None,
+                                log_dir=str(rd.path / "tensorboard"))
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, ValueError) as e:
+        if rd.resume_from is None:
+            raise
+        # the checkpoint is kept as it is: it may be worth inspecting, and it is the user's to delete
+        raise RunStateError(f"{rd.resume_from}: cannot resume {rd.path}: the checkpoint is unreadable "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
+                            f"FORCE=1 starts the run over, or point checkpoints/{LATEST} at an older "
+                            f"checkpoint") from e
     try:
         trainer.fit()
     except KeyboardInterrupt:
