@@ -6,6 +6,7 @@
     FORCE=1 rafale run -c ...                               start a finished run over
     rafale generate runs/quickstart -p "Once upon a time"  greedy decoding with a KV cache
     rafale models                                           the model registry
+    rafale plot runs/a runs/b [-o loss.png]                 loss curves of one or several runs
 
 User mistakes (RafaleError) print one line and exit with code 2; RAFALE_DEBUG=1 or --verbose shows the
 traceback too.
@@ -78,6 +79,20 @@ def models():
     for name, family, n_params in list_models():
         table.add_row(name, family, f"{n_params:,}")
     console.print(table)
+
+
+@app.command()
+def plot(
+    runs: List[Path] = typer.Argument(..., help="One or more run directories; their curves are overlaid."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="The PNG to write (default: RUN/loss.png for one run, "
+                                               "loss.png here for several)."),
+):
+    """Plot train and eval loss against tokens seen, from each run's metrics.jsonl."""
+    from rafale.train.plot import plot_runs
+
+    out = output or (runs[0] / "loss.png" if len(runs) == 1 else Path("loss.png"))
+    console.print(f"wrote {plot_runs(runs, out)}")
 
 
 def _tune_malloc() -> None:

@@ -125,10 +125,13 @@ class RichProgress(Callback):
 class MetricsFile(Callback):
     """Appends one JSON line per logged training step and per evaluation to metrics.jsonl."""
 
-    def __init__(self, path: Path, stats: RunStats, log_interval: int):
+    def __init__(self, path: Path, stats: RunStats, log_interval: int, flops_per_token: int | None = None,
+                 peak_flops: float | None = None):
         self.path = Path(path)
         self.stats = stats
         self.log_interval = max(1, log_interval)
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops  # all processes together
 
     def fit_start(self, state: State, logger: Logger) -> None:
         if dist.get_global_rank() != 0 or not self.path.exists():
@@ -156,9 +159,11 @@ class MetricsFile(Callback):
         step = state.timestamp.batch.value
         if step % self.log_interval == 0 or step == total_batches(state):
             s = self.stats
-            self._write({"step": step, "tokens": state.timestamp.token.value,
-                         "train/loss": s.train_loss, "lr": s.lr, "tokens_per_s": round(s.clock.tokens_per_second, 1),
-                         "time": round(time.time(), 3)})
+            record = {"step": step, "tokens": state.timestamp.token.value, "train/loss": s.train_loss, "lr": s.lr,
+                      "tokens_per_s": round(s.clock.tokens_per_second, 1)}
+            if self.flops_per_token and self.peak_flops:
+                record["mfu"] = round(s.clock.tokens_per_second * self.flops_per_token / self.peak_flops, 4)
+            self._write({**record, "time": round(time.time(), 3)})
 
     def eval_end(self, state: State, logger: Logger) -> None:
         s = self.stats

@@ -30,7 +30,9 @@ from rafale.data import causal_lm
 from rafale.data.cache import write_json
 from rafale.errors import RunStateError
 from rafale.train import callbacks as cb
-from rafale.train.trainer import build_model, build_trainer, check_fits, model_config
+from rafale.train import mfu
+from rafale.train.trainer import (build_model, build_trainer, check_fits, model_config, resolve_device,
+                                  resolve_precision)
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
 RESUMABLE_CHANGES = ("run.max_duration", "run.eval_interval", "run.save_interval", "run.log_interval",
@@ -165,7 +167,9 @@ def run(cfg: Config, *, data_only: bool = False, debug: bool = False, force: boo
         progress = cb.RichProgress(stats, console)
         callbacks.append(progress)
     if "file" in cfg.logging.loggers:
-        callbacks.append(cb.MetricsFile(rd.path / "metrics.jsonl", stats, _batches(cfg.run.log_interval)))
+        fpt, peak = _flops(cfg, model)
+        callbacks.append(cb.MetricsFile(rd.path / "metrics.jsonl", stats, _batches(cfg.run.log_interval), fpt,
+                                        peak * dist.get_world_size() if peak else None))
     try:
         trainer = build_trainer(cfg, model, data, save_folder=str(rd.checkpoints), callbacks=callbacks,
                                 load_path=str(rd.resume_from) if rd.resume_from else None,
@@ -194,6 +198,10 @@ def run(cfg: Config, *, data_only: bool = False, debug: bool = False, force: boo
         return 0
     final = export_final(model, data, rd)
     summary = summarize(cfg, trainer, stats, data, model, final)
+    if "file" in cfg.logging.loggers:
+        from rafale.train.plot import plot_runs
+
+        summary["loss_plot"] = str(plot_runs([rd.path], rd.path / "loss.png"))
     write_manifest(rd, cfg, data, "finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), summary=summary)
     print_summary(console, summary)
     return 0
@@ -226,10 +234,30 @@ def summarize(cfg: Config, trainer, stats: cb.RunStats, data, model, final: Path
     model.eval()
     sample = complete(model, data.tokenizer, cfg.run.sample_prompt, cfg.run.sample_tokens) \
         if cfg.run.sample_tokens else None
+    tps = stats.clock.tokens_per_second
     return {"steps": ts.batch.value, "tokens": ts.token.value, "train_loss": stats.train_loss,
             "eval_loss": stats.eval_loss, "eval_perplexity": stats.eval_ppl,
-            "unigram_eval_loss": unigram_eval_loss(data), "tokens_per_second": round(stats.clock.tokens_per_second, 1),
-            "train_seconds": round(stats.clock.train_seconds, 2), "saved": str(final), "sample": sample}
+            "unigram_eval_loss": unigram_eval_loss(data), "tokens_per_second": round(tps, 1),
+            "train_seconds": round(stats.clock.train_seconds, 2), **mfu_report(cfg, model, tps),
+            "saved": str(final), "sample": sample}
+
+
+def _flops(cfg: Config, model) -> tuple[int, float | None]:
+    device = resolve_device(cfg)
+    peak, _ = mfu.peak_flops(device, resolve_precision(cfg, device))
+    return mfu.flops_per_token(model, cfg.data.block_size), peak
+
+
+def mfu_report(cfg: Config, model, tokens_per_second: float) -> dict:
+    """Model FLOPs utilisation of this run (all processes together over their summed peaks)."""
+    device = resolve_device(cfg)
+    peak, source = mfu.peak_flops(device, resolve_precision(cfg, device))  # cached: the same figure as above
+    fpt = mfu.flops_per_token(model, cfg.data.block_size)
+    achieved = fpt * tokens_per_second
+    total_peak = peak * dist.get_world_size() if peak else None
+    return {"flops_per_token": fpt, "achieved_tflops": round(achieved / 1e12, 4),
+            "peak_tflops": round(total_peak / 1e12, 4) if total_peak else None, "peak_source": source,
+            "mfu": round(achieved / total_peak, 4) if total_peak else None}
 
 
 def print_summary(console: Console, s: dict) -> None:
@@ -244,7 +272,12 @@ def print_summary(console: Console, s: dict) -> None:
     t.add_row("eval perplexity", fmt(s["eval_perplexity"], ".2f"))
     t.add_row("unigram eval loss", fmt(s["unigram_eval_loss"], ".4f") + "  (a model that ignores context)")
     t.add_row("throughput", f"{s['tokens_per_second']:,.0f} tokens/s")
+    if s.get("mfu") is not None:
+        t.add_row("MFU", f"{s['mfu']:.1%}  ({s['achieved_tflops'] * 1e3:,.1f} of {s['peak_tflops'] * 1e3:,.1f} "
+                         f"GFLOP/s, peak: {s['peak_source']})")
     t.add_row("saved", s["saved"])
+    if s.get("loss_plot"):
+        t.add_row("loss curve", s["loss_plot"])
     if s["sample"] is not None:
         t.add_row("sample", s["sample"])
     console.print(t)
