@@ -59,3 +59,16 @@ def test_finished_run_is_not_overwritten(rafale_env, reference):
     p = run_rafale(rafale_env, reference.parent, *STEPS, check=False)
     assert p.returncode == 2
     assert "already finished" in p.stderr and "FORCE=1" in p.stderr
+
+
+def test_run_reports_mfu_and_draws_loss_curves(reference, tmp_path):
+    from rafale.train.plot import plot_runs, read_metrics
+
+    summary = json.loads((reference / "manifest.json").read_text())["summary"]
+    assert summary["tokens_per_second"] > 0 and 0 < summary["mfu"] < 1
+    assert summary["peak_source"] == "measured fp32 matmul"
+    assert (reference / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    train, evals = read_metrics(reference)
+    assert len(train) == 40 and [t for t, _ in evals] == [20 * 256, 40 * 256]
+    out = plot_runs([reference, reference], tmp_path / "both.png")
+    assert out.stat().st_size > 10_000
