@@ -66,7 +66,8 @@ def open_run_dir(cfg: Config, force: bool) -> RunDir:
     path = Path(cfg.run.output_dir) / cfg.run.name
     manifest = path / "manifest.json"
     if path.exists() and force:
-        shutil.rmtree(path)
+        if dist.get_global_rank() == 0:  # other processes only read; rank 0 owns the run directory
+            shutil.rmtree(path)
     elif manifest.exists():
         status = json.loads(manifest.read_text()).get("status")
         latest = path / "checkpoints" / LATEST

@@ -24,6 +24,8 @@ from rafale.errors import ConfigError, ModelError
 VOCAB_MULTIPLE = 64
 # Composer warns when the last eval batch is smaller than the eval microbatch: expected, and harmless.
 warnings.filterwarnings("ignore", message="Cannot split tensor of length")
+# A warmup fraction of a very short run rounds to 0 batches; Composer then warns once per step.
+warnings.filterwarnings("ignore", message="The warmup duration is 0")
 
 
 def model_config(cfg: Config, vocab_size: int | None = None):
