@@ -22,7 +22,7 @@ class _Blocks(torch.utils.data.Dataset):
         return len(self.x)
 
     def __getitem__(self, i):
-        return {"input_ids": self.x[i]}
+        return self.x[i]
 
 
 class _Data:  # the part of PreparedData the trainer builder reads
