@@ -37,7 +37,7 @@ from rafale.train.trainer import (build_model, build_trainer, check_fits, model_
 # Keys a resumed run may change: they do not alter what the checkpoint means.
 RESUMABLE_CHANGES = ("run.max_duration", "run.eval_interval", "run.save_interval", "run.log_interval",
                      "run.save_num_checkpoints_to_keep", "run.sample_prompt", "run.sample_tokens",
-                     "run.device", "run.device_batch_size", "logging.loggers")
+                     "run.device", "run.device_batch_size", "logging.loggers", "logging.project")
 LATEST = "latest-rank0.pt"
 
 
