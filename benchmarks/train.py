@@ -1,10 +1,10 @@
 """Training step speed on this CPU: rafale through Composer vs a plain loop vs transformers, one JSON line.
 
 A pythia-14m-shaped model (hidden 128, 6 layers, 4 heads, seq 256, batch 8, fp32, fused AdamW) at vocab
-8192 and 50304, three ways, each timed per batch (median after warm-up):
+8192 and 50304, three ways taking turns step by step, each timed per batch (median after warm-up):
 
-  composer     rafale's own path: a real Composer Trainer (rafale's trainer builder) fit for N batches,
-               timed from a callback between BATCH_START and BATCH_END
+  composer     rafale's own path: a real Composer Trainer (rafale's trainer builder), fit one batch at a
+               time, each batch timed from a callback between BATCH_START and BATCH_END
   plain        a plain PyTorch loop over the same rafale model and loss
   hf           transformers' GPTNeoXForCausalLM of the same shape, in a plain loop (loss from labels)
 
@@ -45,7 +45,8 @@ def _batches(vocab: int, n: int):
     return [torch.randint(0, vocab, (BATCH, SEQ), generator=g) for _ in range(n)]
 
 
-def time_plain(vocab: int, steps: int, warmup: int) -> list[float]:
+def plain_step(vocab: int):
+    """A plain PyTorch loop over rafale's model and chunked loss: returns a function doing one step."""
     import torch
 
     from rafale.train.loss import chunked_cross_entropy, shift_targets
@@ -53,18 +54,18 @@ def time_plain(vocab: int, steps: int, warmup: int) -> list[float]:
 
     model = _rafale_model(vocab)
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=6e-4, fused=True)
-    times = []
-    for ids in _batches(vocab, steps + warmup):
-        t = time.perf_counter()
+
+    def step(ids):
         loss = chunked_cross_entropy(model.hidden_states(ids), model.lm_head.weight, shift_targets(ids))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t)
-    return times[warmup:]
+
+    return step
 
 
-def time_hf(vocab: int, steps: int, warmup: int) -> list[float]:
+def hf_step(vocab: int):
+    """transformers' GPTNeoXForCausalLM of the same shape in a plain loop."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -74,17 +75,17 @@ def time_hf(vocab: int, steps: int, warmup: int) -> list[float]:
                         use_parallel_residual=True, tie_word_embeddings=False)
     model = GPTNeoXForCausalLM(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1, fused=True)
-    times = []
-    for ids in _batches(vocab, steps + warmup):
-        t = time.perf_counter()
+
+    def step(ids):
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t)
-    return times[warmup:]
+
+    return step
 
 
-def time_composer(vocab: int, steps: int, warmup: int) -> list[float]:
+def composer_step(vocab: int, n_batches: int):
+    """rafale's Composer Trainer; each call fits one more batch, timed by a callback around the batch."""
     import torch
     from composer.core import Callback
 
@@ -104,45 +105,60 @@ def time_composer(vocab: int, steps: int, warmup: int) -> list[float]:
     class Data:
         @staticmethod
         def blocks(split):
-            return Blocks(_batches(vocab, steps + warmup)) if split == "train" else None
+            return Blocks(_batches(vocab, n_batches)) if split == "train" else None
 
     class Timer(Callback):
         def __init__(self):
-            self.times, self._t = [], 0.0
+            self.last, self._t = 0.0, 0.0
 
         def batch_start(self, state, logger):
             self._t = time.perf_counter()
 
         def batch_end(self, state, logger):
-            self.times.append(time.perf_counter() - self._t)
+            self.last = time.perf_counter() - self._t
 
     cfg = config_from_dict({
-        "run": {"max_duration": f"{steps + warmup}ba", "precision": "fp32", "device": "cpu", "save_interval": "1000ep"},
+        "run": {"max_duration": f"{n_batches}ba", "precision": "fp32", "device": "cpu", "save_interval": "1000ep"},
         "optim": {"name": "adamw", "schedule": "constant", "warmup": "0ba", "clip_norm": 0},
         "model": {"config": "pythia-14m", "overrides": {"vocab_size": vocab}},
         "data": {"block_size": SEQ, "train_batch_size": BATCH, "tokenizer": {"train": {"vocab_size": 4096}}},
     })
     timer = Timer()
     trainer = build_trainer(cfg, _rafale_model(vocab), Data, save_folder=None, callbacks=[timer])
-    trainer.fit()
-    trainer.close()
-    return timer.times[warmup:]
+
+    def step(ids):  # the batch comes from the trainer's own dataloader (same shape, same generator)
+        trainer.fit(duration="1ba")
+        return timer.last
+
+    return step
 
 
 def worker(args) -> dict:
-    """One process: every (vocab, way) for the malloc setting this process started with."""
+    """One process, one malloc setting. The three ways take turns step by step (and a peak measurement
+    between rounds), so a load change on a shared machine hits all of them alike; medians are reported."""
     from rafale.cli import _tune_malloc
     from rafale.train.mfu import flops_per_token, measure_cpu_peak
 
     _tune_malloc()  # a no-op under RAFALE_MALLOC=0
-    out = {"peak_gflops": round(measure_cpu_peak() / 1e9, 1)}
+    out, peaks = {}, []
     for vocab in args.vocabs:
         fpt = flops_per_token(_rafale_model(vocab), SEQ)
-        for way, fn in (("composer", time_composer), ("plain", time_plain), ("hf", time_hf)):
-            ms = statistics.median(fn(vocab, args.steps, args.warmup)) * 1e3
+        n = args.steps + args.warmup
+        ways = {"composer": composer_step(vocab, n), "plain": plain_step(vocab), "hf": hf_step(vocab)}
+        times = {w: [] for w in ways}
+        for i, ids in enumerate(_batches(vocab, n)):
+            for way, step in ways.items():
+                t = time.perf_counter()
+                inner = step(ids)
+                times[way].append(inner if inner is not None else time.perf_counter() - t)
+            peaks.append(measure_cpu_peak(reps=3))
+        peak = statistics.median(peaks)
+        for way in ways:
+            ms = statistics.median(times[way][args.warmup:]) * 1e3
             out[f"{way}_{vocab}_ms"] = round(ms, 1)
             out[f"{way}_{vocab}_tok_s"] = round(BATCH * SEQ / ms * 1e3)
-            out[f"{way}_{vocab}_mfu"] = round(BATCH * SEQ / ms * 1e3 * fpt / (out["peak_gflops"] * 1e9), 3)
+            out[f"{way}_{vocab}_mfu"] = round(BATCH * SEQ / ms * 1e3 * fpt / peak, 3)
+    out["peak_gflops"] = round(statistics.median(peaks) / 1e9, 1)
     return out
 
 
