@@ -7,6 +7,7 @@
     rafale generate runs/quickstart -p "Once upon a time"  stream a continuation (KV cache, greedy or sampled)
     rafale models                                           the model registry
     rafale cache list | rafale cache clear NAME|--all      prepared data and trained tokenizers
+    rafale plot runs/a runs/b [-o loss.png]                 loss curves of one or several runs
 
 User mistakes (RafaleError) print one line and exit with code 2; RAFALE_DEBUG=1 or --verbose shows the
 traceback too.
@@ -140,6 +141,18 @@ def cache_clear(
         raise RafaleError("cache clear: give one entry name or --all")
     removed = clear(None if all_ else name)
     console.print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}")
+@app.command()
+def plot(
+    runs: List[Path] = typer.Argument(..., help="One or more run directories; their curves are overlaid."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="The PNG to write (default: RUN/loss.png for one run, "
+                                               "loss.png here for several)."),
+):
+    """Plot train and eval loss against tokens seen, from each run's metrics.jsonl."""
+    from rafale.train.plot import plot_runs
+
+    out = output or (runs[0] / "loss.png" if len(runs) == 1 else Path("loss.png"))
+    console.print(f"wrote {plot_runs(runs, out)}")
 
 
 def _tune_malloc() -> None:

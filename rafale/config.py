@@ -31,7 +31,9 @@ PIPELINES = ("causal_lm", "sft", "classification", "mlm")
 TOKENIZER_TYPES = ("bpe", "wordpiece", "unigram")
 TXT_DOCUMENTS = ("paragraph", "file")
 FINGERPRINTS = ("stat", "content")
-LOGGERS = ("console", "file")
+LOGGERS = ("console", "file", "wandb", "tensorboard")
+LOGGER_PACKAGES = {"wandb": "wandb", "tensorboard": "tensorboard"}  # optional loggers and what they import
+CLIP_TYPES = ("norm", "value")
 DEVICES = ("auto", "cpu", "gpu")
 _TIME_RE = re.compile(r"^\d+(\.\d+)?(ep|ba|tok|sp|dur)$")
 
@@ -42,7 +44,7 @@ class RunConfig:
     name: str = "run"  # the run directory is <output_dir>/<name>
     seed: int = 42  # seeds model init, data order and dropout
     max_duration: str = "1ep"  # Composer time: 1ep, 500ba, 2000000tok
-    eval_interval: str = "100ba"  # how often to evaluate on the held-out split
+    eval_interval: str = "100ba"  # how often to evaluate on the held-out split; 0ba = only at the end
     save_interval: str = "500ba"  # how often to write a checkpoint (the run end always writes one)
     save_num_checkpoints_to_keep: int = 2  # older checkpoints are deleted; -1 keeps all
     log_interval: str = "10ba"  # how often a line goes to metrics.jsonl
@@ -52,6 +54,8 @@ class RunConfig:
     output_dir: str = "runs"
     sample_prompt: str = "Once upon a time"  # the end-of-run greedy sample starts here
     sample_tokens: int = 48
+    compile: bool = False  # torch.compile the model (through Composer's compile_config)
+    fsdp: Union[dict, None] = None  # GPUs only: Composer FSDP settings, e.g. {sharding_strategy: FULL_SHARD}
 
 
 # ---- optim: optimizer, schedule and clipping ---------------------------------------------------------
@@ -65,7 +69,8 @@ class OptimConfig:
     schedule: str = "cosine-warmup"  # constant | linear-warmup | cosine-warmup
     warmup: str = "0.02dur"  # Composer time (fraction of the run as `dur`)
     final_lr_fraction: float = 0.1  # the LR at the end of the run, as a fraction of lr
-    clip_norm: float = 1.0  # gradient clipping by global norm; 0 disables
+    clip_norm: float = 1.0  # gradient clipping threshold; 0 disables
+    clip_type: str = "norm"  # norm: rescale the global gradient norm to clip_norm; value: clamp each element
 
 
 # ---- model: which architecture, which weights --------------------------------------------------------
@@ -129,7 +134,8 @@ class DataConfig:
 # ---- logging ----------------------------------------------------------------------------------------
 @dataclass
 class LoggingConfig:
-    loggers: list[str] = field(default_factory=lambda: ["console", "file"])
+    loggers: list[str] = field(default_factory=lambda: ["console", "file"])  # + wandb, tensorboard
+    project: Union[str, None] = None  # wandb project (default: wandb's own)
 
 
 @dataclass
@@ -179,7 +185,8 @@ def config_from_dict(raw: dict, overrides=(), source: str = "<dict>") -> Config:
     errors: list[str] = []
     raw = _apply_overrides(raw, overrides, errors)
     cfg = _build(Config, raw, "", errors)
-    _validate(cfg, errors)  # fields that failed to convert kept their defaults, so no double reports
+    _validate(cfg, errors)
+    _validate_against_raw(cfg, raw, errors)  # fields that failed to convert kept their defaults, so no double reports
     if errors:
         raise ConfigError(_format_errors(source, errors))
     cfg.source_path = source
@@ -369,6 +376,14 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     time_str(o.warmup, "optim.warmup", allow_dur=True)
     need(0 <= o.final_lr_fraction <= 1, "optim.final_lr_fraction", f"expected a number in [0, 1], got {o.final_lr_fraction}")
     need(o.clip_norm >= 0, "optim.clip_norm", f"expected 0 (off) or a positive number, got {o.clip_norm}")
+    one_of(o.clip_type, CLIP_TYPES, "optim.clip_type")
+    warm, total = _time(o.warmup), _time(r.max_duration)
+    if warm and total:
+        too_long = warm[0] > 1 if warm[1] == "dur" else (warm[1] == total[1] and warm[0] > total[0])
+        need(not too_long, "optim.warmup", f"{o.warmup} is longer than the run (run.max_duration {r.max_duration}); "
+             f"expected at most the run, or a fraction such as 0.02dur")
+    if total:
+        need(total[0] > 0, "run.max_duration", f"expected a positive duration, got {r.max_duration}")
 
     need(bool(m.config), "model.config", "expected a model name (see `rafale models`)")
 
@@ -401,6 +416,27 @@ def _validate(cfg: Config, errors: list[str]) -> None:
              f"expected a positive integer, got {t.train.min_frequency}")
     for i, name in enumerate(cfg.logging.loggers):
         one_of(name, LOGGERS, f"logging.loggers[{i}]")
+        package = LOGGER_PACKAGES.get(name)
+        if package:
+            import importlib.util
+
+            need(importlib.util.find_spec(package) is not None, f"logging.loggers[{i}]",
+                 f"{name} needs the {package} package, which is not installed; pip install {package}, "
+                 f"or drop {name}")
+
+
+def _time(value: str) -> tuple[float, str] | None:
+    m = _TIME_RE.match(value)
+    return (float(value[: m.start(2)]), m.group(2)) if m else None
+
+
+def _validate_against_raw(cfg: Config, raw: dict, errors: list[str]) -> None:
+    """Checks that depend on what the user wrote, not only on the resolved values."""
+    run = raw.get("run") if isinstance(raw.get("run"), dict) else {}
+    every = _time(cfg.run.eval_interval)
+    if cfg.data.eval_split == 0 and "eval_interval" in run and every and every[0] > 0:
+        errors.append(f"run.eval_interval: {cfg.run.eval_interval} asks for evaluation but data.eval_split is 0 "
+                      f"(no eval split); set data.eval_split > 0, or run.eval_interval=0ba")
 
 
 def dump_config(cfg: Config) -> str:

@@ -125,18 +125,30 @@ class RichProgress(Callback):
 class MetricsFile(Callback):
     """Appends one JSON line per logged training step and per evaluation to metrics.jsonl."""
 
-    def __init__(self, path: Path, stats: RunStats, log_interval: int):
+    def __init__(self, path: Path, stats: RunStats, log_interval: int, flops_per_token: int | None = None,
+                 peak_flops: float | None = None):
         self.path = Path(path)
         self.stats = stats
         self.log_interval = max(1, log_interval)
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops  # all processes together
 
     def fit_start(self, state: State, logger: Logger) -> None:
         if dist.get_global_rank() != 0 or not self.path.exists():
             return
         # On resume, drop lines written after the checkpoint we resumed from: they will be written again.
+        # A process killed mid-write can leave a torn last line; it goes too.
         step = state.timestamp.batch.value
-        kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-        self.path.write_text("".join(l + "\n" for l in kept))
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(l + "\n" for l in kept))
+        tmp.replace(self.path)
 
     def _write(self, record: dict) -> None:
         if dist.get_global_rank() == 0:
@@ -147,9 +159,11 @@ class MetricsFile(Callback):
         step = state.timestamp.batch.value
         if step % self.log_interval == 0 or step == total_batches(state):
             s = self.stats
-            self._write({"step": step, "tokens": state.timestamp.token.value,
-                         "train/loss": s.train_loss, "lr": s.lr, "tokens_per_s": round(s.clock.tokens_per_second, 1),
-                         "time": round(time.time(), 3)})
+            record = {"step": step, "tokens": state.timestamp.token.value, "train/loss": s.train_loss, "lr": s.lr,
+                      "tokens_per_s": round(s.clock.tokens_per_second, 1)}
+            if self.flops_per_token and self.peak_flops:
+                record["mfu"] = round(s.clock.tokens_per_second * self.flops_per_token / self.peak_flops, 4)
+            self._write({**record, "time": round(time.time(), 3)})
 
     def eval_end(self, state: State, logger: Logger) -> None:
         s = self.stats

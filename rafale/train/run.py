@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import shutil
 import subprocess
@@ -29,12 +30,14 @@ from rafale.data import causal_lm
 from rafale.data.cache import write_json
 from rafale.errors import RunStateError
 from rafale.train import callbacks as cb
-from rafale.train.trainer import build_model, build_trainer, check_fits, model_config
+from rafale.train import mfu
+from rafale.train.trainer import (build_model, build_trainer, check_fits, model_config, resolve_device,
+                                  resolve_precision)
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
 RESUMABLE_CHANGES = ("run.max_duration", "run.eval_interval", "run.save_interval", "run.log_interval",
                      "run.save_num_checkpoints_to_keep", "run.sample_prompt", "run.sample_tokens",
-                     "run.device", "run.device_batch_size", "logging.loggers")
+                     "run.device", "run.device_batch_size", "logging.loggers", "logging.project")
 LATEST = "latest-rank0.pt"
 
 
@@ -42,6 +45,7 @@ LATEST = "latest-rank0.pt"
 class RunDir:
     path: Path
     resume_from: Path | None
+    why: str = ""  # why the run resumes (printed), empty for a fresh run
 
     @property
     def checkpoints(self) -> Path:
@@ -62,7 +66,8 @@ def open_run_dir(cfg: Config, force: bool) -> RunDir:
     path = Path(cfg.run.output_dir) / cfg.run.name
     manifest = path / "manifest.json"
     if path.exists() and force:
-        shutil.rmtree(path)
+        if dist.get_global_rank() == 0:  # other processes only read; rank 0 owns the run directory
+            shutil.rmtree(path)
     elif manifest.exists():
         status = json.loads(manifest.read_text()).get("status")
         latest = path / "checkpoints" / LATEST
@@ -78,8 +83,14 @@ def open_run_dir(cfg: Config, force: bool) -> RunDir:
             if changed:
                 raise RunStateError(f"{path}: cannot resume: the config changed in {', '.join(changed)}; "
                                     f"restore them, or FORCE=1 to start over")
-            return RunDir(path, latest.resolve())
+            why = (f"it stopped part way (status {status!r}) and its config is unchanged"
+                   + (" except resumable keys" if _changed_resumable(old, new) else ""))
+            return RunDir(path, latest.resolve(), why)
     return RunDir(path, None)
+
+
+def _changed_resumable(old: dict, new: dict) -> bool:
+    return any(old.get(k) != new.get(k) for k in RESUMABLE_CHANGES)
 
 
 def git_commit() -> str | None:
@@ -145,7 +156,7 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         (rd.path / "config.yaml").write_text(dump_config(cfg))
         write_manifest(rd, cfg, data, "running")
         if rd.resume_from:
-            console.print(f"resuming {rd.path} from checkpoint {rd.resume_from.name}")
+            console.print(f"resuming {rd.path} from checkpoint {rd.resume_from.name}: {rd.why}")
         else:
             console.print(f"training {cfg.model.config} ({model.num_params():,} parameters) -> {rd.path}")
     stats = cb.RunStats()
@@ -155,9 +166,21 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         progress = cb.RichProgress(stats, console)
         callbacks.append(progress)
     if "file" in cfg.logging.loggers:
-        callbacks.append(cb.MetricsFile(rd.path / "metrics.jsonl", stats, _batches(cfg.run.log_interval)))
-    trainer = build_trainer(cfg, model, data, save_folder=str(rd.checkpoints), callbacks=callbacks,
-                            load_path=str(rd.resume_from) if rd.resume_from else None)
+        fpt, peak = _flops(cfg, model)
+        callbacks.append(cb.MetricsFile(rd.path / "metrics.jsonl", stats, _batches(cfg.run.log_interval), fpt,
+                                        peak * dist.get_world_size() if peak else None))
+    try:
+        trainer = build_trainer(cfg, model, data, save_folder=str(rd.checkpoints), callbacks=callbacks,
+                                load_path=str(rd.resume_from) if rd.resume_from else None,
+                                log_dir=str(rd.path / "tensorboard"))
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, ValueError) as e:
+        if rd.resume_from is None:
+            raise
+        # the checkpoint is kept as it is: it may be worth inspecting, and it is the user's to delete
+        raise RunStateError(f"{rd.resume_from}: cannot resume {rd.path}: the checkpoint is unreadable "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
+                            f"FORCE=1 starts the run over, or point checkpoints/{LATEST} at an older "
+                            f"checkpoint") from e
     try:
         trainer.fit()
     except KeyboardInterrupt:
@@ -174,6 +197,10 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         return 0
     final = export_final(model, data, rd)
     summary = summarize(cfg, trainer, stats, data, model, final)
+    if "file" in cfg.logging.loggers:
+        from rafale.train.plot import plot_runs
+
+        summary["loss_plot"] = str(plot_runs([rd.path], rd.path / "loss.png"))
     write_manifest(rd, cfg, data, "finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), summary=summary)
     print_summary(console, summary)
     return 0
@@ -206,10 +233,30 @@ def summarize(cfg: Config, trainer, stats: cb.RunStats, data, model, final: Path
     model.eval()
     sample = complete(model, data.tokenizer, cfg.run.sample_prompt, cfg.run.sample_tokens) \
         if cfg.run.sample_tokens else None
+    tps = stats.clock.tokens_per_second
     return {"steps": ts.batch.value, "tokens": ts.token.value, "train_loss": stats.train_loss,
             "eval_loss": stats.eval_loss, "eval_perplexity": stats.eval_ppl,
-            "unigram_eval_loss": unigram_eval_loss(data), "tokens_per_second": round(stats.clock.tokens_per_second, 1),
-            "train_seconds": round(stats.clock.train_seconds, 2), "saved": str(final), "sample": sample}
+            "unigram_eval_loss": unigram_eval_loss(data), "tokens_per_second": round(tps, 1),
+            "train_seconds": round(stats.clock.train_seconds, 2), **mfu_report(cfg, model, tps),
+            "saved": str(final), "sample": sample}
+
+
+def _flops(cfg: Config, model) -> tuple[int, float | None]:
+    device = resolve_device(cfg)
+    peak, _ = mfu.peak_flops(device, resolve_precision(cfg, device))
+    return mfu.flops_per_token(model, cfg.data.block_size), peak
+
+
+def mfu_report(cfg: Config, model, tokens_per_second: float) -> dict:
+    """Model FLOPs utilisation of this run (all processes together over their summed peaks)."""
+    device = resolve_device(cfg)
+    peak, source = mfu.peak_flops(device, resolve_precision(cfg, device))  # cached: the same figure as above
+    fpt = mfu.flops_per_token(model, cfg.data.block_size)
+    achieved = fpt * tokens_per_second
+    total_peak = peak * dist.get_world_size() if peak else None
+    return {"flops_per_token": fpt, "achieved_tflops": round(achieved / 1e12, 4),
+            "peak_tflops": round(total_peak / 1e12, 4) if total_peak else None, "peak_source": source,
+            "mfu": round(achieved / total_peak, 4) if total_peak else None}
 
 
 def print_summary(console: Console, s: dict) -> None:
@@ -224,7 +271,12 @@ def print_summary(console: Console, s: dict) -> None:
     t.add_row("eval perplexity", fmt(s["eval_perplexity"], ".2f"))
     t.add_row("unigram eval loss", fmt(s["unigram_eval_loss"], ".4f") + "  (a model that ignores context)")
     t.add_row("throughput", f"{s['tokens_per_second']:,.0f} tokens/s")
+    if s.get("mfu") is not None:
+        t.add_row("MFU", f"{s['mfu']:.1%}  ({s['achieved_tflops'] * 1e3:,.1f} of {s['peak_tflops'] * 1e3:,.1f} "
+                         f"GFLOP/s, peak: {s['peak_source']})")
     t.add_row("saved", s["saved"])
+    if s.get("loss_plot"):
+        t.add_row("loss curve", s["loss_plot"])
     if s["sample"] is not None:
         t.add_row("sample", s["sample"])
     console.print(t)

@@ -17,13 +17,15 @@ from composer.optim import (ConstantScheduler, ConstantWithWarmupScheduler, Cosi
                             LinearWithWarmupScheduler)
 from composer.utils import dist
 
-from rafale.config import Config
+from rafale.config import Config, _time
 from rafale.data.causal_lm import PreparedData, collate
 from rafale.errors import ConfigError, ModelError
 
 VOCAB_MULTIPLE = 64
 # Composer warns when the last eval batch is smaller than the eval microbatch: expected, and harmless.
 warnings.filterwarnings("ignore", message="Cannot split tensor of length")
+# A warmup fraction of a very short run rounds to 0 batches; Composer then warns once per step.
+warnings.filterwarnings("ignore", message="The warmup duration is 0")
 
 
 def model_config(cfg: Config, vocab_size: int | None = None):
@@ -118,10 +120,39 @@ def resolve_precision(cfg: Config, device: str) -> str:
     return p
 
 
+def parallelism_config(cfg: Config, device: str) -> dict | None:
+    """run.fsdp goes to Composer as parallelism_config={"fsdp": ...}; FSDP needs GPUs, DDP is the default."""
+    if cfg.run.fsdp is None:
+        return None
+    if device != "gpu":
+        raise ConfigError(f"{cfg.source_path}: run.fsdp: FSDP needs GPUs (NCCL); drop it to train with DDP on CPU")
+    return {"fsdp": dict(cfg.run.fsdp)}
+
+
+def build_loggers(cfg: Config, log_dir: str | None) -> list:
+    """Composer logger destinations for the optional loggers (console and file are rafale callbacks)."""
+    out = []
+    if "wandb" in cfg.logging.loggers:
+        from composer.loggers import WandBLogger
+
+        out.append(WandBLogger(project=cfg.logging.project, name=cfg.run.name))
+    if "tensorboard" in cfg.logging.loggers:
+        from composer.loggers import TensorboardLogger
+
+        out.append(TensorboardLogger(log_dir=log_dir))
+    return out
+
+
 def dataloader(dataset, batch_size: int, shuffle: bool, seed: int) -> torch.utils.data.DataLoader:
     sampler = dist.get_sampler(dataset, shuffle=shuffle, drop_last=shuffle, seed=seed)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                                        drop_last=shuffle)
+
+
+def _eval_interval(cfg: Config) -> str:
+    """An eval interval of 0 (0ba, 0ep, ...) means: evaluate once, at the end of the run."""
+    value, _ = _time(cfg.run.eval_interval)
+    return cfg.run.max_duration if value == 0 else cfg.run.eval_interval
 
 
 def per_device_batch(cfg: Config, what: str, batch: int) -> int:
@@ -132,7 +163,14 @@ def per_device_batch(cfg: Config, what: str, batch: int) -> int:
 
 
 def build_trainer(cfg: Config, model: torch.nn.Module, data: PreparedData, *, save_folder: str | None,
-                  callbacks: list, load_path: str | None = None) -> Trainer:
+                  callbacks: list, load_path: str | None = None, log_dir: str | None = None) -> Trainer:
+    return Trainer(**trainer_kwargs(cfg, model, data, save_folder=save_folder, callbacks=callbacks,
+                                    load_path=load_path, log_dir=log_dir))
+
+
+def trainer_kwargs(cfg: Config, model: torch.nn.Module, data: PreparedData, *, save_folder: str | None,
+                   callbacks: list, load_path: str | None = None, log_dir: str | None = None) -> dict:
+    """Everything the config says, as Composer Trainer arguments (separate so tests can inspect it)."""
     from rafale.train.composer_lm import ComposerLM
 
     device = resolve_device(cfg)
@@ -149,19 +187,19 @@ def build_trainer(cfg: Config, model: torch.nn.Module, data: PreparedData, *, sa
     if micro == "auto":
         micro = "auto" if device == "gpu" else train_bs
     composer_model = ComposerLM(model)
-    return Trainer(
+    return dict(
         model=composer_model,
         train_dataloader=dataloader(train_blocks, train_bs, shuffle=True, seed=cfg.run.seed),
         eval_dataloader=eval_dl,
-        eval_interval=cfg.run.eval_interval if eval_dl is not None else 0,
+        eval_interval=_eval_interval(cfg) if eval_dl is not None else 0,
         max_duration=cfg.run.max_duration,
         optimizers=build_optimizer(cfg, composer_model),
         schedulers=build_scheduler(cfg),
         step_schedulers_every_batch=True,
-        algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=cfg.optim.clip_norm)]
+        algorithms=[GradientClipping(clipping_type=cfg.optim.clip_type, clipping_threshold=cfg.optim.clip_norm)]
         if cfg.optim.clip_norm > 0 else [],
         callbacks=callbacks,
-        loggers=[],
+        loggers=build_loggers(cfg, log_dir),
         progress_bar=False,
         log_to_console=False,
         run_name=cfg.run.name,
@@ -176,4 +214,6 @@ def build_trainer(cfg: Config, model: torch.nn.Module, data: PreparedData, *, sa
         device_train_microbatch_size=micro,
         seed=cfg.run.seed,
         python_log_level=None,
+        compile_config={} if cfg.run.compile else None,
+        parallelism_config=parallelism_config(cfg, device),
     )

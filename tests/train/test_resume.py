@@ -1,0 +1,74 @@
+"""Resume and determinism, end to end: real `python -m rafale run` processes on a micro config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from train_helpers import rafale_cmd, run_rafale, train_losses
+
+STEPS = ["run.max_duration=40ba", "run.save_interval=4ba", "run.eval_interval=20ba"]
+
+
+@pytest.fixture(scope="module")
+def reference(rafale_env, tmp_path_factory):
+    """One uninterrupted run of the micro config."""
+    out = tmp_path_factory.mktemp("ref")
+    run_rafale(rafale_env, out, *STEPS)
+    return out / "quickstart"
+
+
+def test_same_seed_same_losses(rafale_env, reference, tmp_path):
+    run_rafale(rafale_env, tmp_path, *STEPS)
+    again, ref = train_losses(tmp_path / "quickstart"), train_losses(reference)
+    assert sorted(ref) == list(range(1, 41))
+    assert again == ref  # bit for bit on CPU
+
+
+def test_killed_run_resumes_where_it_stopped(rafale_env, reference, tmp_path):
+    run_dir = tmp_path / "quickstart"
+    latest = run_dir / "checkpoints" / "latest-rank0.pt"
+    proc = subprocess.Popen(rafale_cmd(tmp_path, *STEPS), env=rafale_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest.exists(), "no checkpoint was written before the run ended"
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
+    killed_ckpt = int(latest.resolve().name.split("-ba")[1].split("-")[0])
+    killed_at = max(train_losses(run_dir))
+    assert killed_at < 40, "the run finished before it could be killed; make it longer"
+
+    p = run_rafale(rafale_env, tmp_path, *STEPS)
+    assert f"from checkpoint ep0-ba{killed_ckpt}-rank0.pt: it stopped part way" in p.stdout
+    resumed, ref = train_losses(run_dir), train_losses(reference)
+    assert sorted(resumed) == list(range(1, 41))  # every step once: lines past the checkpoint were rewritten
+    for step in ref:
+        assert resumed[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), f"step {step}"
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "finished"
+
+
+def test_finished_run_is_not_overwritten(rafale_env, reference):
+    p = run_rafale(rafale_env, reference.parent, *STEPS, check=False)
+    assert p.returncode == 2
+    assert "already finished" in p.stderr and "FORCE=1" in p.stderr
+
+
+def test_run_reports_mfu_and_draws_loss_curves(reference, tmp_path):
+    from rafale.train.plot import plot_runs, read_metrics
+
+    summary = json.loads((reference / "manifest.json").read_text())["summary"]
+    assert summary["tokens_per_second"] > 0 and 0 < summary["mfu"] < 1
+    assert summary["peak_source"] == "measured fp32 matmul"
+    assert (reference / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    train, evals = read_metrics(reference)
+    assert len(train) == 40 and [t for t, _ in evals] == [20 * 256, 40 * 256]
+    out = plot_runs([reference, reference], tmp_path / "both.png")
+    assert out.stat().st_size > 10_000
