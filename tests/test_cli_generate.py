@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rafale.data.tokenizer import load_tokenizer, train_bpe
+from rafale.data.tokenizer import DECODER_SPECIALS, load_tokenizer, train_tokenizer
 from rafale.models import Decoder, export_hf, from_pretrained, get_config
 from rafale.models.generate import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, complete, generate_texts
 
@@ -25,7 +25,7 @@ SENTENCES = ["Once upon a time there was a little fox.", "The fox liked to run i
 def model_dir(tmp_path_factory):
     """An HF-layout dir: a random 2-layer Pythia-shaped model and a small BPE tokenizer."""
     path = tmp_path_factory.mktemp("tiny")
-    tok = train_bpe(SENTENCES, vocab_size=300, min_frequency=1)
+    tok = train_tokenizer(SENTENCES, "bpe", vocab_size=300, min_frequency=1, special_tokens=DECODER_SPECIALS)
     tok.save(str(path / "tokenizer.json"))
     torch.manual_seed(0)
     config = get_config("pythia-14m", vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2,
