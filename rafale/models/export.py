@@ -35,8 +35,9 @@ SPECIAL_TOKENS = {
     "sep_token": ("[SEP]", "</s>"),
     "mask_token": ("[MASK]", "<mask>"),
 }
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "tokenizer.model")
+# Copied as they are when the source has them (a run's final/ has tokenizer.json and generation_config.json).
+COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                "merges.txt", "tokenizer.model", "generation_config.json")
 AUTO_CLASSES = {"lm": "AutoModelForCausalLM", "mlm": "AutoModelForMaskedLM",
                 "classification": "AutoModelForSequenceClassification", "backbone": "AutoModel"}
 VERIFY_TEXT = "Once upon a time, a small model was exported."
@@ -80,6 +81,7 @@ def _verify(model, head: str, tmp: Path, tokenizer_json: Optional[Path]) -> str:
     """Reload `tmp` with transformers and compare; returns what was checked. Raises RuntimeError on a mismatch."""
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar would interleave with our lines
     auto = getattr(transformers, AUTO_CLASSES[head])
     hf_model = auto.from_pretrained(tmp, attn_implementation="eager").eval()
     vocab = model.config.vocab_size
@@ -137,7 +139,7 @@ def export_run(src, out, *, force: bool = False, verify: bool = True) -> ExportR
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the export's permissions
     try:
         export_hf(model, tmp) if is_decoder else export_hf_encoder(model, tmp)
-        for name in TOKENIZER_FILES:
+        for name in COPIED_FILES:
             if (path / name).is_file():
                 shutil.copyfile(path / name, tmp / name)
         if tokenizer_json is not None and not (path / "tokenizer_config.json").is_file():
@@ -154,6 +156,8 @@ def export_run(src, out, *, force: bool = False, verify: bool = True) -> ExportR
             else:
                 verified = _verify(model, report.head, tmp, tokenizer_json)
         files = sorted(p.name for p in tmp.iterdir())
+        for name in files:  # safetensors writes 0600; an export is meant to be shared like any other file
+            os.chmod(tmp / name, 0o666 & ~umask)
         if out.exists():  # --force, checked above: swap the old dir out only now that the new one is complete
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / out.name)

@@ -78,6 +78,16 @@ def test_encoder_export_is_verified_with_its_auto_class(tmp_path):
     assert result.verified.startswith("BertForMaskedLM logits match on 8 tokens")
 
 
+def test_corrupt_weights_through_the_cli_is_one_line(run_dir, tmp_path):
+    weights = run_dir / "final" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = rafale_cli("export", run_dir, tmp_path / "hf", "--no-verify")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert "final/model.safetensors: not a readable safetensors file" in result.stderr.replace("\n", "")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_bad_source_is_named(tmp_path):
     (tmp_path / "run" / "final").mkdir(parents=True)
     (tmp_path / "run" / "final" / "notes.txt").write_text("x")
