@@ -21,7 +21,7 @@ import torch
 
 from rafale.errors import ModelError
 from rafale.models import encoder_weights, weights
-from rafale.models.checkpoint import LoadReport, locate, read_hf_config
+from rafale.models.checkpoint import LoadReport, checkpoint_name, locate, read_hf_config
 from rafale.models.decoder import Decoder, DecoderConfig, KVCache
 from rafale.models.encoder import Encoder, EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
 from rafale.models.encoder_weights import export_hf_encoder, load_hf_encoder
@@ -30,7 +30,8 @@ from rafale.models.weights import export_hf, load_hf_checkpoint
 
 __all__ = [
     "Decoder", "DecoderConfig", "Encoder", "EncoderConfig", "EncoderForMaskedLM", "EncoderForSequenceClassification",
-    "KVCache", "LoadReport", "config_from_weights", "export_hf", "export_hf_encoder", "from_pretrained", "get_config",
+    "KVCache", "LoadReport", "config_from_weights", "export_hf", "export_hf_encoder", "export_model", "from_pretrained",
+    "get_config",
     "list_models", "load_hf_checkpoint", "load_hf_encoder", "load_pretrained", "model_from_config",
     "resolve_model_config",
 ]
@@ -38,6 +39,7 @@ __all__ = [
 FROM_WEIGHTS = "from_weights"  # model.config value: take the shapes from the checkpoint's config.json
 # Fields that do not change any tensor's shape: a checkpoint loads into a config that differs only in these.
 NON_SHAPE_FIELDS = {"name", "dropout", "attn_dropout", "init_std", "num_labels"}
+ENCODER_HEADS = encoder_weights.HEADS  # "backbone": Encoder, "mlm": EncoderForMaskedLM, "classification": ...
 
 
 def config_from_weights(path) -> DecoderConfig | EncoderConfig:
@@ -48,7 +50,7 @@ def config_from_weights(path) -> DecoderConfig | EncoderConfig:
     """
     path = Path(path)
     hf = read_hf_config(path)
-    model_type, name = hf.get("model_type"), path.resolve().name
+    model_type, name = hf.get("model_type"), checkpoint_name(path)
     if model_type in weights.NAME_MAPS:
         return weights.config_from_hf(hf, name=name)
     if model_type in encoder_weights.NAME_MAPS:
@@ -104,9 +106,6 @@ def resolve_model_config(name: str, weights_path=None, **overrides) -> DecoderCo
     return config
 
 
-ENCODER_HEADS = encoder_weights.HEADS  # "backbone" -> Encoder, "mlm" -> EncoderForMaskedLM, "classification" -> ...
-
-
 def model_from_config(config: DecoderConfig | EncoderConfig, head: str = "mlm") -> torch.nn.Module:
     """A randomly initialised model for a config; `head` picks an encoder's head (decoders have one)."""
     if isinstance(config, DecoderConfig):
@@ -114,6 +113,11 @@ def model_from_config(config: DecoderConfig | EncoderConfig, head: str = "mlm") 
     if head not in ENCODER_HEADS:
         raise ModelError(f"model.head: {head!r} is not one of {', '.join(ENCODER_HEADS)}")
     return ENCODER_HEADS[head](config)
+
+
+def export_model(model: torch.nn.Module, out_dir) -> Path:
+    """Write any rafale model as config.json + model.safetensors in HF layout (export_hf or export_hf_encoder)."""
+    return export_hf(model, out_dir) if isinstance(model, Decoder) else export_hf_encoder(model, out_dir)
 
 
 def load_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[int] = None,

@@ -102,6 +102,14 @@ def download(repo_id: str) -> Path:
         raise ModelError(f"model.weights: {repo_id!r} is neither a local directory nor a model on the hub") from None
 
 
+def checkpoint_name(path: Path) -> str:
+    """A readable name for a located checkpoint: the run for a run's final/, the repository for a hub snapshot."""
+    path = Path(path).resolve()
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.removeprefix("models--").replace("--", "/")
+    return path.parent.name if path.name == "final" else path.name
+
+
 def read_json(file: Path) -> dict:
     try:
         data = json.loads(file.read_text())
@@ -131,7 +139,8 @@ def read_safetensors(file: Path) -> dict:
     try:
         return load_file(file)
     except (SafetensorError, OSError) as e:
-        raise ModelError(f"{file}: not a readable safetensors file ({e}); was the download or copy cut short?") from None
+        raise ModelError(f"{file}: not a readable safetensors file ({e}); was the download or copy cut "
+                         f"short?") from None
 
 
 def read_hf_weights(path: Path) -> dict:
@@ -156,8 +165,8 @@ def read_hf_weights(path: Path) -> dict:
         return tensors
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
         raise ModelError(
-            f"{path}: only pickle weights (*.bin/*.pt) found ({listing(path)}); rafale reads safetensors only. "
-            "Convert once with transformers: AutoModel...from_pretrained(dir).save_pretrained(dir)"
+            f"{path}: only pickle weights (*.bin/*.pt), no safetensors ({listing(path)}); rafale reads safetensors "
+            "only. Convert once with transformers: AutoModel...from_pretrained(dir).save_pretrained(dir)"
         )
     raise ModelError(f"{path}: no model.safetensors or model.safetensors.index.json ({listing(path)}); "
                      f"rafale reads safetensors weights only")

@@ -62,7 +62,8 @@ def tokenizer_config(tokenizer_json: Path, max_len: int) -> dict:
         vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab(with_added_tokens=True)
     except Exception as e:  # tokenizers raises a bare Exception for malformed files
         raise ModelError(f"{tokenizer_json}: not a valid tokenizer.json ({str(e).splitlines()[0][:120]})") from None
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len, "clean_up_tokenization_spaces": False}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
+              "clean_up_tokenization_spaces": False}
     for key, candidates in SPECIAL_TOKENS.items():
         token = next((t for t in candidates if t in vocab), None)
         if token is not None:
@@ -93,7 +94,8 @@ def _verify(model, head: str, tmp: Path, tokenizer_json: Optional[Path]) -> str:
         theirs = (out.last_hidden_state if head == "backbone" else out.logits).float()
     diff = (ours - theirs).abs().max().item()
     if not diff <= 1e-4:
-        raise RuntimeError(f"export verification failed: {AUTO_CLASSES[head]} logits differ from rafale's by {diff:.3g}")
+        raise RuntimeError(f"export verification failed: {AUTO_CLASSES[head]} logits differ from rafale's "
+                           f"by {diff:.3g}")
     checked = f"{type(hf_model).__name__} logits match on {ids.numel()} tokens (max diff {diff:.1e})"
     if tokenizer_json is not None:
         from tokenizers import Tokenizer
@@ -102,7 +104,8 @@ def _verify(model, head: str, tmp: Path, tokenizer_json: Optional[Path]) -> str:
         expected = Tokenizer.from_file(str(tokenizer_json)).encode(VERIFY_TEXT, add_special_tokens=False).ids
         got = hf_tok(VERIFY_TEXT, add_special_tokens=False)["input_ids"]
         if got != expected:
-            raise RuntimeError(f"export verification failed: AutoTokenizer gives {got[:8]}..., tokenizers {expected[:8]}...")
+            raise RuntimeError(f"export verification failed: AutoTokenizer gives {got[:8]}..., "
+                               f"tokenizers {expected[:8]}...")
         checked += f"; AutoTokenizer ({type(hf_tok).__name__}) encodes like tokenizer.json"
     return checked
 
@@ -119,10 +122,9 @@ def export_run(src, out, *, force: bool = False, verify: bool = True) -> ExportR
         ModelError: a bad source (see from_pretrained), a non-empty `out` without force.
         RuntimeError: transformers loads the export but computes different logits (a bug in rafale).
     """
-    from rafale.models import load_pretrained
-    from rafale.models.decoder import Decoder
-    from rafale.models.encoder_weights import export_hf_encoder, hf_family
-    from rafale.models.weights import export_hf, hf_model_type
+    from rafale.models import Decoder, export_model, load_pretrained
+    from rafale.models.encoder_weights import hf_family
+    from rafale.models.weights import hf_model_type
 
     out = Path(out).expanduser()
     _prepare_out_dir(out, force)
@@ -138,7 +140,7 @@ def export_run(src, out, *, force: bool = False, verify: bool = True) -> ExportR
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the export's permissions
     try:
-        export_hf(model, tmp) if is_decoder else export_hf_encoder(model, tmp)
+        export_model(model, tmp)
         for name in COPIED_FILES:
             if (path / name).is_file():
                 shutil.copyfile(path / name, tmp / name)

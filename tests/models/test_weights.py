@@ -220,8 +220,8 @@ def test_directory_without_weights_lists_its_contents(neox_dir):
 
 def test_pickle_weights_are_refused(neox_dir):
     (neox_dir / "model.safetensors").rename(neox_dir / "pytorch_model.bin")
-    with pytest.raises(ModelError, match=r"only pickle weights \(\*.bin/\*.pt\) found \(found: config.json, generation_config.json, "
-                                         r"pytorch_model.bin\); rafale reads safetensors only"):
+    with pytest.raises(ModelError, match=r"only pickle weights \(\*.bin/\*.pt\), no safetensors \(found: config.json, "
+                                         r"generation_config.json, pytorch_model.bin\); rafale reads safetensors only"):
         load_hf_checkpoint(neox_dir)
 
 

@@ -14,8 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from rafale.errors import ModelError
 from rafale.models import (Decoder, Encoder, EncoderForMaskedLM, EncoderForSequenceClassification, export_hf,
-                           from_pretrained, get_config, load_pretrained, resolve_model_config)
-from rafale.models.checkpoint import locate
+                           export_model, from_pretrained, get_config, load_pretrained, model_from_config,
+                           resolve_model_config)
+from rafale.models.checkpoint import checkpoint_name, locate
 
 transformers = pytest.importorskip("transformers")
 
@@ -77,6 +78,18 @@ def test_fresh_classification_head_is_reported(ckpts):
         from_pretrained(path, head="classification")
 
 
+@pytest.mark.parametrize("name, head, model_class", [
+    ("pythia-tiny", "mlm", Decoder),  # a decoder ignores head
+    ("bert-tiny", "mlm", EncoderForMaskedLM),
+    ("bert-tiny", "classification", EncoderForSequenceClassification),
+])
+def test_model_from_config_and_export_model_round_trip(name, head, model_class, tmp_path):
+    model = model_from_config(get_config(name, vocab_size=VOCAB, n_layer=1), head=head)
+    assert type(model) is model_class
+    export_model(model, tmp_path)
+    assert type(from_pretrained(tmp_path)) is model_class
+
+
 def test_decoder_has_no_other_head(ckpts):
     with pytest.raises(ModelError, match="a decoder checkpoint has only its language-model head, not 'mlm'"):
         from_pretrained(ckpts["neox"][1], head="mlm")
@@ -136,6 +149,9 @@ def test_run_dir_and_its_final(tmp_path):
     export_hf(model, tmp_path / "run" / "final")
     assert locate(tmp_path / "run") == tmp_path / "run" / "final"
     assert locate(tmp_path / "run" / "final") == tmp_path / "run" / "final"
+    assert from_pretrained(tmp_path / "run").config.name == "run"
+    assert checkpoint_name(tmp_path / "hub" / "models--EleutherAI--pythia-14m" / "snapshots" / "abc") == \
+        "EleutherAI/pythia-14m"
 
 
 def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
@@ -145,7 +161,7 @@ def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
 
 def test_hub_id_offline_fails_fast_and_says_what_to_do(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache
-    code = ("from rafale.models.checkpoint import locate\n"
+    code = ("from rafale.models.checkpoint import checkpoint_name, locate\n"
             "from rafale.errors import ModelError\n"
             "try:\n    locate('EleutherAI/pythia-14m')\nexcept ModelError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
