@@ -38,7 +38,8 @@ def build_hf_model(path_or_id):
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
     except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"model.hf: transformers cannot load {path} as a causal LM ({str(e).splitlines()[0]})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"model.hf: transformers cannot load {path} as a causal LM ({why})") from None
     tokenizer = None
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
