@@ -25,8 +25,9 @@ from rafale.errors import ModelError
 
 # What a hub download fetches: configs, weights and tokenizer files; never pickles, never the training logs.
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "vocab.*", "merges.txt", "*.model"]
-# "org/name" or "name", as the hub spells repository ids; anything else is only ever a local path.
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# "org/name", as the hub spells repository ids; anything else is only ever a local path (a bare "name" too:
+# a mistyped local dir should not go to the network).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LAYER_NUMBER = re.compile(r"\.(\d+)\.")
 
 
@@ -86,20 +87,20 @@ def download(repo_id: str) -> Path:
         from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled,
                                             RepositoryNotFoundError)
     except ImportError:
-        raise ModelError(f"model.weights: {repo_id!r} is not a local directory, and fetching it from the hub "
-                         f"needs huggingface_hub: pip install huggingface_hub") from None
-    local_copy = ("download it where there is network (`hf download " + repo_id + "`) and set model.weights "
-                  "to that directory")
+        raise ModelError(f"{repo_id!r} is not a local directory, and fetching it from the hub needs "
+                         f"huggingface_hub: pip install huggingface_hub") from None
+    local_copy = (f"download it where there is network (`hf download {repo_id} --local-dir DIR`) and set "
+                  f"model.weights (or the command's path) to DIR")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except (OfflineModeIsEnabled, LocalEntryNotFoundError):
-        raise ModelError(f"model.weights: {repo_id!r} is not a local directory and the hub cannot be reached "
+        raise ModelError(f"{repo_id!r} is not a local directory and the hub cannot be reached "
                          f"(offline, or HF_HUB_OFFLINE=1) with no cached copy; {local_copy}") from None
     except GatedRepoError:
-        raise ModelError(f"model.weights: {repo_id!r} is gated on the hub; accept its licence and log in "
+        raise ModelError(f"{repo_id!r} is gated on the hub; accept its licence and log in "
                          f"(`hf auth login`), or {local_copy}") from None
     except RepositoryNotFoundError:
-        raise ModelError(f"model.weights: {repo_id!r} is neither a local directory nor a model on the hub") from None
+        raise ModelError(f"{repo_id!r} is neither a local directory nor a model on the hub") from None
 
 
 def checkpoint_name(path: Path) -> str:

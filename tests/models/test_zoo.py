@@ -154,9 +154,11 @@ def test_run_dir_and_its_final(tmp_path):
         "EleutherAI/pythia-14m"
 
 
-def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
-    with pytest.raises(ModelError, match="nope: no such directory; .* or a hub id like EleutherAI/pythia-14m"):
-        from_pretrained(tmp_path / "nope")
+def test_missing_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for path in (tmp_path / "nope", "nope", "./runs/nope", "runs/a/nope"):  # only "org/name" is a hub id
+        with pytest.raises(ModelError, match="nope: no such directory; .* or a hub id like EleutherAI/pythia-14m"):
+            from_pretrained(path)
 
 
 def test_hub_id_offline_fails_fast_and_says_what_to_do(tmp_path):
@@ -166,7 +168,7 @@ def test_hub_id_offline_fails_fast_and_says_what_to_do(tmp_path):
             "try:\n    locate('EleutherAI/pythia-14m')\nexcept ModelError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert "'EleutherAI/pythia-14m' is not a local directory and the hub cannot be reached" in out.stdout
-    assert "set model.weights to that directory" in out.stdout
+    assert "`hf download EleutherAI/pythia-14m --local-dir DIR`) and set model.weights" in out.stdout
 
 
 # ---- model.config: from_weights, and a registry entry checked against the checkpoint ----
