@@ -23,14 +23,16 @@ def neox_dir(tmp_path):
 def test_one_composer_fit_step_on_a_batch_dict(neox_dir):
     model = build_hf_model(neox_dir)
     ids = torch.randint(0, 64, (4, 16))
-    examples = [{"input_ids": i, "labels": i} for i in ids]
-    trainer = Trainer(model=model, train_dataloader=torch.utils.data.DataLoader(examples, batch_size=4),
+    loader = torch.utils.data.DataLoader([{"input_ids": i, "labels": i} for i in ids], batch_size=4)
+    trainer = Trainer(model=model, train_dataloader=loader, eval_dataloader=loader, eval_interval="1ba",
                       max_duration="1ba", optimizers=torch.optim.AdamW(model.parameters(), lr=1e-3), device="cpu",
                       progress_bar=False, log_to_console=False, loggers=[], python_log_level=None)
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     trainer.fit()
     assert int(trainer.state.timestamp.batch) == 1
     assert any(not torch.equal(before[k], p) for k, p in model.named_parameters())
+    perplexity = trainer.state.eval_metrics["eval"]["LanguagePerplexity"].compute().item()
+    assert 1.0 < perplexity < 2 * 64  # near uniform over the 64-token vocabulary, as a random model is
 
 
 def test_missing_transformers_is_a_model_error(neox_dir, monkeypatch):
