@@ -8,6 +8,7 @@
     rafale models                                           the model registry
     rafale cache list | rafale cache clear NAME|--all      prepared data and trained tokenizers
     rafale plot runs/a runs/b [-o loss.png]                 loss curves of one or several runs
+    rafale export runs/quickstart out/quickstart-hf         a run as an HF-layout dir, checked with transformers
 
 User mistakes (RafaleError) print one line and exit with code 2; RAFALE_DEBUG=1 or --verbose shows the
 traceback too.
@@ -95,12 +96,13 @@ def generate(
 
 @app.command()
 def models():
-    """List the model registry: name, family and parameter count."""
+    """List the model registry: name, family (transformers' model_type) and exact parameter count."""
     from rich.table import Table
 
     from rafale.models.registry import list_models
 
-    table = Table("name", "family", "parameters")
+    table = Table("name", "family", "parameters",
+                  caption="encoders (bert, roberta) are counted with their masked-LM head")
     for name, family, n_params in list_models():
         table.add_row(name, family, f"{n_params:,}")
     console.print(table)
@@ -153,6 +155,24 @@ def plot(
 
     out = output or (runs[0] / "loss.png" if len(runs) == 1 else Path("loss.png"))
     console.print(f"wrote {plot_runs(runs, out)}")
+@app.command()
+def export(
+    src: Path = typer.Argument(..., help="A run directory, its final/ directory, or an HF-layout model directory."),
+    out: Path = typer.Argument(..., help="Where to write the HF-layout directory (must be missing or empty)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Reload with transformers and compare logits (when it is installed)."),
+):
+    """Write a model as an HF-layout directory (safetensors, config.json, tokenizer) that transformers loads."""
+    from rafale.models.export import export_run
+
+    r = export_run(src, out, force=force, verify=verify)
+    console.print(f"exported {src} -> {r.out}: {r.family} ({r.head} head), {r.n_params:,} parameters; "
+                  f"{', '.join(r.files)}", highlight=False, markup=False)
+    if r.verified:
+        console.print(f"verified with transformers: {r.verified}", highlight=False, markup=False)
+    else:
+        console.print(f"not verified: {r.not_verified_why}", highlight=False, markup=False)
 
 
 def _tune_malloc() -> None:

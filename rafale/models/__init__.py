@@ -1,50 +1,178 @@
-"""Models: the decoder (GPT-NeoX/Pythia and Llama families), the registry of named configs, HF weights.
+"""Models: decoders (GPT-NeoX/Pythia, Llama, Qwen2), encoders (BERT, RoBERTa), one registry, one loading path.
 
-    from rafale.models import from_pretrained, get_config, Decoder
-    model = from_pretrained("runs/quickstart")          # a run dir, its final/, or any HF-layout dir
-    model = Decoder(get_config("pythia-14m", n_layer=2))  # from scratch, random init
+    from rafale.models import from_pretrained, get_config, model_from_config
+    model = from_pretrained("runs/quickstart")            # a run dir, its final/, an HF-layout dir or a hub id
+    model = from_pretrained("ckpt/bert", head="classification", num_labels=3)   # fresh head on a backbone
+    model = model_from_config(get_config("pythia-14m", n_layer=2))             # from scratch, random init
+
+`from_pretrained` dispatches on config.json's model_type: gpt_neox, llama and qwen2 give a Decoder
+(logits), bert and roberta an encoder with the checkpoint's head (MLM logits, class logits, or the last
+hidden states of a bare backbone). Every model is called as `model(input_ids, attention_mask=mask)`.
 
 Importing this package imports torch and safetensors, never transformers.
 """
 
+import dataclasses
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from rafale.errors import ModelError
+from rafale.models import encoder_weights, weights
+from rafale.models.checkpoint import LoadReport, checkpoint_name, locate, read_hf_config
 from rafale.models.decoder import Decoder, DecoderConfig, KVCache
+from rafale.models.encoder import Encoder, EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
+from rafale.models.encoder_weights import export_hf_encoder, load_hf_encoder
 from rafale.models.registry import get_config, list_models
 from rafale.models.weights import export_hf, load_hf_checkpoint
 
 __all__ = [
-    "Decoder", "DecoderConfig", "KVCache", "export_hf", "from_pretrained", "get_config", "list_models",
-    "load_hf_checkpoint",
+    "Decoder", "DecoderConfig", "Encoder", "EncoderConfig", "EncoderForMaskedLM", "EncoderForSequenceClassification",
+    "KVCache", "LoadReport", "config_from_weights", "export_hf", "export_hf_encoder", "export_model", "from_pretrained",
+    "get_config",
+    "list_models", "load_hf_checkpoint", "load_hf_encoder", "load_pretrained", "model_from_config",
+    "resolve_model_config",
 ]
 
+FROM_WEIGHTS = "from_weights"  # model.config value: take the shapes from the checkpoint's config.json
+# Fields that do not change any tensor's shape: a checkpoint loads into a config that differs only in these.
+NON_SHAPE_FIELDS = {"name", "dropout", "attn_dropout", "init_std", "num_labels"}
+ENCODER_HEADS = encoder_weights.HEADS  # "backbone": Encoder, "mlm": EncoderForMaskedLM, "classification": ...
 
-def from_pretrained(path, device="cpu", dtype: Optional[torch.dtype] = None) -> Decoder:
-    """A Decoder with the weights of an HF-layout dir or a rafale run dir, in eval mode.
 
-    Args:
-        path: a dir with config.json + model.safetensors (or a sharded index), or a run dir whose
-            `final/` holds them.
-        device: where the weights go.
-        dtype: parameter dtype; None keeps float32 whatever the checkpoint stores.
+def config_from_weights(path) -> DecoderConfig | EncoderConfig:
+    """The config that an HF-layout dir's config.json describes, for any family rafale knows.
+
     Raises:
-        ModelError: see load_hf_checkpoint.
+        ModelError: no config.json (the message lists what is there), or a model_type rafale has no model for.
     """
     path = Path(path)
-    if not (path / "config.json").exists():
-        if (path / "final").is_dir():
-            path = path / "final"
-        elif (path / "checkpoints").is_dir():
-            raise ModelError(f"{path}: this run has no final/ export yet (did it finish?)")
-    config, state_dict = load_hf_checkpoint(path)
-    with torch.device("meta"):
-        model = Decoder(config)  # no memory and no random init: the checkpoint fills everything
-    model.to_empty(device=device)
-    model.to(dtype or torch.float32)
-    model.init_buffers()
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    hf = read_hf_config(path)
+    model_type, name = hf.get("model_type"), checkpoint_name(path)
+    if model_type in weights.NAME_MAPS:
+        return weights.config_from_hf(hf, name=name)
+    if model_type in encoder_weights.NAME_MAPS:
+        return encoder_weights.encoder_config_from_hf(hf, name=name, source=str(path / "config.json"))
+    known = sorted([*weights.NAME_MAPS, *encoder_weights.NAME_MAPS])
+    raise ModelError(f"{path / 'config.json'}: model_type {model_type!r} is not a family rafale has a model for; "
+                     f"expected one of {', '.join(known)}")
+
+
+def check_same_shapes(config, checkpoint_config, where) -> None:
+    """Raise a ModelError listing the fields where `config` and a checkpoint's config give different shapes."""
+    if type(config) is not type(checkpoint_config):
+        kinds = {DecoderConfig: "a decoder", EncoderConfig: "an encoder"}
+        raise ModelError(f"model.config {config.name!r} is {kinds[type(config)]} but {where} holds "
+                         f"{kinds[type(checkpoint_config)]}; set model.config: {FROM_WEIGHTS}")
+    diffs = [f"{f.name} {getattr(config, f.name)} vs {getattr(checkpoint_config, f.name)}"
+             for f in dataclasses.fields(config)
+             if f.name not in NON_SHAPE_FIELDS and getattr(config, f.name) != getattr(checkpoint_config, f.name)]
+    if diffs:
+        raise ModelError(f"model.config {config.name!r} does not match {where}/config.json (entry vs checkpoint: "
+                         f"{', '.join(diffs)}); set model.config: {FROM_WEIGHTS} to take the checkpoint's shapes")
+
+
+def resolve_model_config(name: str, weights_path=None, **overrides) -> DecoderConfig | EncoderConfig:
+    """The model config a run trains: a registry entry, or the checkpoint's own shapes.
+
+    Args:
+        name: a registry name (`rafale models`), or "from_weights" to read the shapes from the checkpoint.
+        weights_path: model.weights (a model dir, a run dir or a hub id), or None to train from scratch.
+        overrides: fields to replace (model.overrides); with weights, only those that keep the shapes
+            (dropout, init_std, num_labels) make sense, and others are refused by the shape check.
+    Raises:
+        ModelError: unknown name or override, from_weights without weights, or a checkpoint whose shapes
+            differ from the registry entry (the message lists the differing fields).
+    """
+    if name != FROM_WEIGHTS:
+        config = get_config(name, **overrides)
+        if weights_path is not None:
+            path = locate(weights_path)
+            check_same_shapes(config, config_from_weights(path), path)
+        return config
+    if weights_path is None:
+        raise ModelError(f"model.config: {FROM_WEIGHTS} needs model.weights (a model dir, a run dir or a hub id)")
+    config = config_from_weights(locate(weights_path))
+    fields = sorted(f.name for f in dataclasses.fields(config))
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ModelError(f"model.overrides: unknown key {unknown[0]!r}; valid keys: {', '.join(fields)}")
+    try:
+        config = dataclasses.replace(config, **overrides)
+    except ValueError as e:
+        raise ModelError(f"model.overrides: {e}") from e
+    return config
+
+
+def model_from_config(config: DecoderConfig | EncoderConfig, head: str = "mlm") -> torch.nn.Module:
+    """A randomly initialised model for a config; `head` picks an encoder's head (decoders have one)."""
+    if isinstance(config, DecoderConfig):
+        return Decoder(config)
+    if head not in ENCODER_HEADS:
+        raise ModelError(f"model.head: {head!r} is not one of {', '.join(ENCODER_HEADS)}")
+    return ENCODER_HEADS[head](config)
+
+
+def export_model(model: torch.nn.Module, out_dir) -> Path:
+    """Write any rafale model as config.json + model.safetensors in HF layout (export_hf or export_hf_encoder)."""
+    return export_hf(model, out_dir) if isinstance(model, Decoder) else export_hf_encoder(model, out_dir)
+
+
+def load_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[int] = None,
+                    config: DecoderConfig | EncoderConfig | None = None, device="cpu",
+                    dtype: Optional[torch.dtype] = None) -> tuple[torch.nn.Module, LoadReport]:
+    """The rafale model for a checkpoint of any family, in eval mode, and what loading did besides.
+
+    Args:
+        weights_path: an HF-layout dir (config.json + model.safetensors or shards), a rafale run dir or its
+            final/, or a hub id (fetched once with huggingface_hub; only json, safetensors, tokenizer files).
+        head: encoders only: "auto" (the checkpoint's own), "backbone", "mlm" or "classification". A head
+            the checkpoint lacks is initialised fresh and listed in the report's `initialized`.
+        num_labels: encoders: the classes of a fresh classification head.
+        config: build from this config (resolve_model_config's) instead of config.json's; the shapes must
+            agree, other fields (dropout) are taken from it.
+        device, dtype: where the weights go; dtype None keeps float32 whatever the checkpoint stores.
+    Returns:
+        (model, report)
+    Raises:
+        ModelError: see checkpoint.locate, config_from_weights, load_hf_checkpoint and load_hf_encoder.
+    """
+    path = locate(weights_path)
+    checkpoint_config = config_from_weights(path)
+    if config is not None:
+        check_same_shapes(config, checkpoint_config, path)
+    config = config or checkpoint_config
+    if num_labels is not None:
+        if not isinstance(config, EncoderConfig):
+            raise ModelError(f"{path}: num_labels is for an encoder's classification head; this is a decoder")
+        config = dataclasses.replace(config, num_labels=num_labels)
+        head = "classification" if head == "auto" else head
+    if isinstance(config, DecoderConfig):
+        if head not in ("auto", "lm"):
+            raise ModelError(f"{path}: a decoder checkpoint has only its language-model head, not {head!r}")
+        _, state_dict = load_hf_checkpoint(path)
+        with torch.device("meta"):
+            model = Decoder(config)  # no memory and no random init: the checkpoint fills everything
+        model.to_empty(device=device)
+        model.to(dtype or torch.float32)
+        model.init_buffers()
+        model.load_state_dict(state_dict, strict=True)
+        report = LoadReport(head="lm")
+    else:
+        model, report = load_hf_encoder(path, head=head, config=config)
+        model.to(device=device, dtype=dtype or torch.float32)
+    return model.eval(), report
+
+
+def from_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[int] = None,
+                    config: DecoderConfig | EncoderConfig | None = None, device="cpu",
+                    dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
+    """load_pretrained without the report; a freshly initialised head is announced with a warning."""
+    model, report = load_pretrained(weights_path, head=head, num_labels=num_labels, config=config, device=device,
+                                    dtype=dtype)
+    if report.initialized:
+        warnings.warn(f"{weights_path}: the checkpoint has no {report.head} head; initialised fresh: "
+                      f"{', '.join(report.initialized)}", stacklevel=2)
+    return model

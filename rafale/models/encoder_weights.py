@@ -2,8 +2,8 @@
 
 Loading, in order:
   1. config.json -> EncoderConfig (`encoder_config_from_hf`, the one place HF's field names are read);
-  2. model.safetensors, or the shards named in model.safetensors.index.json (`read_safetensors_dir`);
-  3. every tensor name -> rafale name through one flat map per family (`map_key`);
+  2. model.safetensors, or the shards named in model.safetensors.index.json (checkpoint.read_hf_weights);
+  3. every tensor name -> rafale name through one flat map per family (checkpoint.map_key);
   4. account for every tensor: names the map does not know, encoder tensors the config has no room for,
      missing encoder tensors and wrong shapes are errors that list the tensors. A head the checkpoint
      lacks (a BertModel loaded as a classifier) keeps its fresh init, and a head the model lacks (BERT's
@@ -19,14 +19,13 @@ is read: pickled pytorch_model.bin files can run code when loaded. Tensors are c
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from rafale.errors import ModelError
+from rafale.models.checkpoint import LoadReport, map_key, names, read_hf_config, read_hf_weights
 from rafale.models.encoder import Encoder, EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
 
 # HF name -> rafale name; `{}` is the layer index; None: not a weight rafale keeps (buffers, BERT's NSP head).
@@ -115,30 +114,6 @@ HF_ARCHITECTURES = {
 }
 
 
-@dataclass
-class LoadReport:
-    """What load_hf_encoder did besides loading, for the caller to print."""
-
-    head: str  # the head that was built: "backbone", "mlm" or "classification"
-    initialized: list[str] = field(default_factory=list)  # rafale tensors absent from the checkpoint: fresh init
-    ignored: list[str] = field(default_factory=list)  # checkpoint tensors of a head this model does not have
-
-
-def map_key(key: str, name_map: dict[str, str | None]) -> str | None:
-    """Translate one tensor name with a flat name map; the layer index travels through the `{}` slot.
-
-    Raises:
-        ModelError: the name (with its layer index templatised) is not in the map.
-    """
-    layer = re.search(r"\.(\d+)\.", key)  # the first number between dots is the layer index
-    template = f"{key[:layer.start()]}.{{}}.{key[layer.end():]}" if layer else key
-    if template not in name_map:
-        raise ModelError(f"unknown tensor '{key}': no entry '{template}' in the name map; "
-                         f"expected names like '{next(iter(name_map))}'")
-    target = name_map[template]
-    return target.format(layer.group(1)) if layer and target else target
-
-
 def rafale_to_hf(family: str) -> dict[str, str]:
     """The inverse name map for export. Where two HF names load into one rafale tensor (a tied weight, an
     old duplicate), the first one listed, today's spelling, wins."""
@@ -158,82 +133,6 @@ def _canonical_hf_key(key: str, family: str) -> str:
     if key.split(".")[0] in ("embeddings", "encoder", "pooler"):
         key = f"{family}.{key}"
     return key
-
-
-def _listing(path: Path) -> str:
-    names = sorted(p.name for p in path.iterdir())
-    if not names:
-        return "the directory is empty"
-    more = f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
-    return "found: " + ", ".join(names[:20]) + more
-
-
-def _names(keys: list[str], limit: int = 20) -> str:
-    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{file}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
-def _require_dir(path: Path) -> None:
-    if not path.is_dir():
-        raise ModelError(f"{path}: no such directory; expected a Hugging Face model folder "
-                         f"(config.json + model.safetensors)")
-
-
-def read_hf_config(path: str | Path) -> dict:
-    """Read config.json from an HF-layout directory.
-
-    Raises:
-        ModelError: the directory or its config.json is missing (the message lists what is there), or the
-            file is not a JSON object.
-    """
-    path = Path(path)
-    _require_dir(path)
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path}: no config.json ({_listing(path)}); expected a Hugging Face model folder")
-    return _read_json(path / "config.json")
-
-
-def read_safetensors_dir(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read every tensor of an HF-layout directory: model.safetensors, or the shards listed in
-    model.safetensors.index.json. Nothing here is specific to encoders.
-
-    Raises:
-        ModelError: no weights in the directory (the message lists what is there), a shard named by the
-            index is missing, or a file is not valid safetensors (the message names the file).
-    """
-    path = Path(path)
-    _require_dir(path)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ModelError(f"{index}: no 'weight_map' object; expected a safetensors shard index")
-        files = sorted(set(weight_map.values()))
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise ModelError(f"{path}: no model.safetensors or model.safetensors.index.json ({_listing(path)}); "
-                         f"rafale reads safetensors weights only")
-    tensors = {}
-    for name in files:
-        file = path / name
-        if not file.is_file():
-            raise ModelError(f"{file}: missing, but {index.name} lists it as a shard")
-        try:
-            tensors.update(load_file(file))
-        except (SafetensorError, OSError) as e:
-            raise ModelError(f"{file}: not a readable safetensors file ({e})") from None
-    return tensors
 
 
 def encoder_config_from_hf(hf: dict, name: str | None = None, source: str = "config.json") -> EncoderConfig:
@@ -348,13 +247,16 @@ def _head_from_checkpoint(hf: dict, keys: list[str], source: str) -> str:
     return "backbone"
 
 
-def load_hf_encoder(path: str | Path, head: str = "auto") -> tuple[torch.nn.Module, LoadReport]:
+def load_hf_encoder(path: str | Path, head: str = "auto",
+                    config: EncoderConfig | None = None) -> tuple[torch.nn.Module, LoadReport]:
     """Build a rafale encoder from an HF-layout BERT/RoBERTa directory.
 
     Args:
         path: a directory with config.json and model.safetensors (or sharded safetensors + index).
         head: "mlm", "classification", "backbone", or "auto" (from config.json's architectures, else from
             the tensor names).
+        config: build the model from this config instead of config.json's translation (same shapes, other
+            dropout or num_labels); the tensors are still checked against it.
 
     Returns:
         (model, report): the model in eval mode, and a LoadReport listing freshly initialised tensors (a head
@@ -366,9 +268,10 @@ def load_hf_encoder(path: str | Path, head: str = "auto") -> tuple[torch.nn.Modu
     """
     path = Path(path)
     hf_config = read_hf_config(path)
-    config = encoder_config_from_hf(hf_config, name=path.name, source=str(path / "config.json"))
+    if config is None:
+        config = encoder_config_from_hf(hf_config, name=path.name, source=str(path / "config.json"))
     family = hf_config["model_type"]
-    hf_tensors = read_safetensors_dir(path)
+    hf_tensors = read_hf_weights(path)
     if head == "auto":
         head = _head_from_checkpoint(hf_config, list(hf_tensors), str(path / "config.json"))
     if head not in HEADS:
@@ -391,21 +294,21 @@ def load_hf_encoder(path: str | Path, head: str = "auto") -> tuple[torch.nn.Modu
                              f"ties the MLM decoder to the word embeddings")
         state[ours], source[ours] = tensor, key
     if unknown:
-        raise ModelError(f"{path}: {len(unknown)} tensor(s) not in the {family} name map: {_names(unknown)}")
+        raise ModelError(f"{path}: {len(unknown)} tensor(s) not in the {family} name map: {names(unknown)}")
     unexpected = [source[k] for k in state if k not in expected and k.startswith("encoder.")]
     if unexpected:
         raise ModelError(f"{path}: tensor(s) with no place in a model built from config.json "
-                         f"(n_layer={config.n_layer}): {_names(unexpected)}")
+                         f"(n_layer={config.n_layer}): {names(unexpected)}")
     missing = [k for k in expected if k not in state and k.startswith("encoder.")]
     if missing:
         to_hf = rafale_to_hf(family)
         missing = [map_key(k, to_hf) for k in missing]
-        raise ModelError(f"{path}: missing encoder tensor(s): {_names(missing)}")
+        raise ModelError(f"{path}: missing encoder tensor(s): {names(missing)}")
     wrong = [f"{source[k]} {tuple(t.shape)} vs {tuple(expected[k].shape)}"
              for k, t in state.items() if k in expected and t.shape != expected[k].shape]
     if wrong:
         raise ModelError(f"{path}: tensor shape(s) differ from what config.json implies (checkpoint vs model): "
-                         f"{_names(wrong)}")
+                         f"{names(wrong)}")
 
     with torch.no_grad():
         for k, t in state.items():

@@ -1,13 +1,13 @@
-"""Named decoder configs: one plain dict per checkpoint, headed by the config.json it copies.
+"""Named model configs, decoders and encoders: one plain dict per checkpoint, headed by the config.json it copies.
 
     get_config("pythia-160m")                      -> DecoderConfig with the HF shapes
-    get_config("llama-tiny", n_layer=2)            -> with overrides (any DecoderConfig field)
+    get_config("bert-tiny", num_labels=3)          -> EncoderConfig, with overrides (any field of the config)
     list_models()                                  -> [(name, family, parameter count), ...]
 
 Shapes are the checkpoints' own (vocab_size included, as stored: Pythia's is padded to 50304, and to
 50432/50688 for 6.9b/12b). A config only describes the architecture; weights come from `model.weights`
-(an HF-layout dir) through rafale.models.weights. tests/models/test_registry.py checks every entry's
-parameter count against transformers built from the translated config.
+through rafale.models.from_pretrained. tests/models/test_registry.py checks every entry's parameter count
+against transformers built from the translated config.
 """
 
 import copy
@@ -18,14 +18,20 @@ import torch
 
 from rafale.errors import ModelError
 from rafale.models.decoder import Decoder, DecoderConfig
+from rafale.models.encoder import EncoderConfig, EncoderForMaskedLM
+from rafale.models.encoder_weights import hf_family
 from rafale.models.weights import hf_model_type
 
 # The switches each family shares; the entries below add their sizes.
 GPT_NEOX = dict(rotary_pct=0.25, rope_theta=10000.0, parallel_residual=True, norm="layernorm", norm_eps=1e-5,
                 mlp="gelu", bias=True, tie_embeddings=False)
 LLAMA = dict(rotary_pct=1.0, parallel_residual=False, norm="rmsnorm", mlp="swiglu", bias=False)
+BERT = dict(vocab_size=30522, max_seq_len=512, type_vocab_size=2, pad_token_id=0, position_offset=0,
+            layer_norm_eps=1e-12, classifier="bert")
+ROBERTA = dict(max_seq_len=512, type_vocab_size=1, pad_token_id=1, position_offset=2, layer_norm_eps=1e-5,
+               classifier="roberta")
 
-configs = [
+decoders = [
     ####################
     # EleutherAI Pythia
     ####################
@@ -95,11 +101,32 @@ configs = [
          intermediate_size=384, max_seq_len=1024, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True),
 ]
 
-name_to_config = {c["name"]: c for c in configs}
+###################################################################################################
+# BERT and RoBERTa encoders. The google/bert_uncased_L-*_H-*_A-* miniatures are from "Well-Read
+# Students Learn Better" (Turc et al., 2019); tiny/mini/small/medium are that paper's names.
+###################################################################################################
+encoders = [
+    # https://huggingface.co/google/bert_uncased_L-2_H-128_A-2/blob/main/config.json
+    dict(BERT, name="bert-tiny", n_layer=2, n_head=2, n_embd=128, intermediate_size=512),
+    # https://huggingface.co/google/bert_uncased_L-4_H-256_A-4/blob/main/config.json
+    dict(BERT, name="bert-mini", n_layer=4, n_head=4, n_embd=256, intermediate_size=1024),
+    # https://huggingface.co/google/bert_uncased_L-4_H-512_A-8/blob/main/config.json
+    dict(BERT, name="bert-small", n_layer=4, n_head=8, n_embd=512, intermediate_size=2048),
+    # https://huggingface.co/google/bert_uncased_L-8_H-512_A-8/blob/main/config.json
+    dict(BERT, name="bert-medium", n_layer=8, n_head=8, n_embd=512, intermediate_size=2048),
+    # https://huggingface.co/google-bert/bert-base-uncased/blob/main/config.json
+    dict(BERT, name="bert-base-uncased", n_layer=12, n_head=12, n_embd=768, intermediate_size=3072),
+    # https://huggingface.co/FacebookAI/roberta-base/blob/main/config.json
+    # (max_position_embeddings 514 there = 512 usable positions + position_offset 2)
+    dict(ROBERTA, name="roberta-base", vocab_size=50265, n_layer=12, n_head=12, n_embd=768, intermediate_size=3072),
+]
+
+name_to_config = {c["name"]: c for c in decoders + encoders}
+encoder_names = {c["name"] for c in encoders}
 
 
-def get_config(name: str, **overrides) -> DecoderConfig:
-    """The registry entry `name` as a DecoderConfig, with any field replaced by `overrides`.
+def get_config(name: str, **overrides) -> DecoderConfig | EncoderConfig:
+    """The registry entry `name` as a DecoderConfig or EncoderConfig, with any field replaced by `overrides`.
 
     Raises:
         ModelError: unknown name (with the closest known one), unknown override key, or overrides that
@@ -110,22 +137,30 @@ def get_config(name: str, **overrides) -> DecoderConfig:
         close = difflib.get_close_matches(name.lower(), lowered, n=1)
         hint = f"; did you mean {lowered[close[0]]!r}?" if close else ""
         raise ModelError(f"model.config: {name!r} is not a known model{hint} (see `rafale models`)")
-    fields = sorted(f.name for f in dataclasses.fields(DecoderConfig))
+    config_class = EncoderConfig if name in encoder_names else DecoderConfig
+    fields = sorted(f.name for f in dataclasses.fields(config_class))
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ModelError(f"model.overrides: unknown key {unknown[0]!r}; valid keys: {', '.join(fields)}")
     try:
-        return DecoderConfig(**{**copy.deepcopy(name_to_config[name]), **overrides})
+        return config_class(**{**copy.deepcopy(name_to_config[name]), **overrides})
     except ValueError as e:
         raise ModelError(f"model.overrides: {e}") from e
 
 
 def list_models() -> list[tuple[str, str, int]]:
-    """(name, family, parameter count) for every entry; counted on the meta device, so nothing is allocated."""
+    """(name, family, parameter count) for every entry, counted on the meta device so nothing is allocated.
+
+    The family is the transformers model_type. Encoders are counted with their masked-LM head, as
+    transformers' *ForMaskedLM classes are (no pooler; the tied decoder weight once).
+    """
     rows = []
     for name in name_to_config:
         config = get_config(name)
         with torch.device("meta"):
-            n_params = Decoder(config).num_params()
-        rows.append((name, hf_model_type(config), n_params))
+            if isinstance(config, EncoderConfig):
+                family, n_params = hf_family(config), sum(p.numel() for p in EncoderForMaskedLM(config).parameters())
+            else:
+                family, n_params = hf_model_type(config), Decoder(config).num_params()
+        rows.append((name, family, n_params))
     return rows

@@ -1,6 +1,6 @@
 """Hugging Face checkpoints <-> rafale decoders: config translation, weight names, load and export.
 
-Safetensors only: a pickled .bin checkpoint can run arbitrary code when it is loaded.
+Reading the files (config.json, safetensors shards) and map_key live in checkpoint.py, shared with encoders.
 
 Three transformers architectures map onto the decoder: gpt_neox (Pythia), llama (SmolLM, TinyLlama,
 Llama 3.x) and qwen2 (Qwen2.5). Loading goes
@@ -15,15 +15,13 @@ transformers itself is never imported here; the tests compare against it.
 
 import json
 import os
-import re
 from pathlib import Path
-from typing import Optional
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from rafale.errors import ModelError
+from rafale.models.checkpoint import map_key, names, read_hf_config, read_hf_weights
 from rafale.models.decoder import Decoder, DecoderConfig
 
 # --- name maps: {hf_name: rafale_name}, "{}" is the layer number, None drops the tensor ---------------------
@@ -78,22 +76,6 @@ LLAMA = {  # also Qwen2, whose q/k/v carry biases
 
 NAME_MAPS = {"gpt_neox": GPT_NEOX, "llama": LLAMA, "qwen2": LLAMA}
 ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-LAYER_NUMBER = re.compile(r"\.(\d+)\.")
-
-
-def map_key(key: str, name_map: dict) -> Optional[str]:
-    """Translate one tensor name through a name map; None means the tensor is dropped.
-
-    Raises ModelError for a name the map does not know.
-    """
-    match = LAYER_NUMBER.search(key)
-    template = LAYER_NUMBER.sub(".{}.", key, count=1) if match else key
-    if template not in name_map:
-        example = next(k for k in name_map if "{}" in k)
-        raise ModelError(f"unknown tensor name {key!r}; expected names like {example!r} (rafale/models/weights.py)")
-    target = name_map[template]
-    return target.format(match.group(1)) if target is not None and match else target
-
 
 # --- layout fixes --------------------------------------------------------------------------------------------
 
@@ -294,49 +276,8 @@ def rafale_to_hf(sd: dict, config: DecoderConfig) -> dict:
     return {map_key(k, inverse): t for k, t in sd.items()}
 
 
-def _listing(path: Path) -> str:
-    names = sorted(p.name for p in path.iterdir())
-    return ", ".join(names[:12]) + (f", ... ({len(names)} entries)" if len(names) > 12 else "") if names else "nothing"
-
-
 def _count(items, noun: str) -> str:
     return f"{len(items)} {noun}{'s' if len(items) != 1 else ''}"
-
-
-def _names(keys) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:5]) + (f", ... and {len(keys) - 5} more" if len(keys) > 5 else "")
-
-
-def read_safetensors(file: Path) -> dict:
-    try:
-        return load_file(file)
-    except (SafetensorError, OSError) as e:
-        raise ModelError(f"{file}: not a readable safetensors file ({e}); was the download or copy cut short?") from e
-
-
-def read_hf_weights(path: Path) -> dict:
-    """All tensors of an HF-layout dir: model.safetensors, or the shards listed in model.safetensors.index.json."""
-    if (path / "model.safetensors").is_file():
-        return read_safetensors(path / "model.safetensors")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as e:
-            raise ModelError(f"{index}: not a safetensors index (expected a JSON object with 'weight_map')") from e
-        tensors = {}
-        for shard in sorted(set(weight_map.values())):
-            if not (path / shard).is_file():
-                raise ModelError(f"{index}: lists shard {shard!r}, which is not in {path}")
-            tensors.update(read_safetensors(path / shard))
-        return tensors
-    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
-        raise ModelError(
-            f"{path}: only pickle weights (*.bin/*.pt) found; rafale reads safetensors only. Convert once with "
-            "transformers: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
-        )
-    raise ModelError(f"{path}: no model.safetensors or model.safetensors.index.json; found {_listing(path)}")
 
 
 def check_hf_weights(hf_sd: dict, config: DecoderConfig, where: Path):
@@ -358,9 +299,9 @@ def check_hf_weights(hf_sd: dict, config: DecoderConfig, where: Path):
         got[key] = t
     problems = []
     if missing := expected.keys() - got.keys():
-        problems.append(f"{_count(missing, 'tensor')} missing ({_names(missing)})")
+        problems.append(f"{_count(missing, 'tensor')} missing ({names(missing)})")
     if unexpected := got.keys() - expected.keys():
-        problems.append(f"{_count(unexpected, 'unexpected tensor')} ({_names(unexpected)})")
+        problems.append(f"{_count(unexpected, 'unexpected tensor')} ({names(unexpected)})")
     for key in sorted(expected.keys() & got.keys()):
         if got[key].shape != expected[key].shape:
             problems.append(f"{key} has shape {tuple(got[key].shape)}, the config needs {tuple(expected[key].shape)}")
@@ -378,15 +319,7 @@ def load_hf_checkpoint(path) -> tuple[DecoderConfig, dict]:
             architecture is unsupported, or the tensors do not fit the config (names, shapes, dtypes).
     """
     path = Path(path)
-    if not path.is_dir():
-        raise ModelError(f"{path}: not a directory; expected an HF-layout model dir (config.json + model.safetensors)")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelError(f"{path}: no config.json; found {_listing(path)}; expected an HF-layout model dir")
-    try:
-        hf_config = json.loads(config_file.read_text())
-    except ValueError as e:
-        raise ModelError(f"{config_file}: not valid JSON ({e})") from e
+    hf_config = read_hf_config(path)
     config = config_from_hf(hf_config, name=path.resolve().name)
     hf_sd = read_hf_weights(path)
     check_hf_weights(hf_sd, config, path)

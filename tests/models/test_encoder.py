@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from rafale.errors import ModelError
 from rafale.models.encoder import Encoder, EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
-from rafale.models.encoder_registry import ENCODER_CONFIGS, encoder_config_from_name
+from rafale.models.registry import encoders, get_config
 from rafale.models.encoder_weights import (
     BERT_TO_RAFALE,
     encoder_config_from_hf,
@@ -175,7 +175,7 @@ AUTO_CLASSES = {"backbone": "AutoModel", "mlm": "AutoModelForMaskedLM",
 @pytest.mark.parametrize("head", ["backbone", "mlm", "classification"])
 @pytest.mark.parametrize("name", ["bert-tiny", "roberta-base"])
 def test_export_loads_in_transformers(name, head, tmp_path):
-    config = encoder_config_from_name(name, **TINY_RAFALE)
+    config = get_config(name, **TINY_RAFALE)
     model = HEADS[head](config).eval()
     perturb_(model)
     export_hf_encoder(model, tmp_path)
@@ -200,9 +200,9 @@ def test_export_loads_in_transformers(name, head, tmp_path):
 
 # ---- registry and config ----
 
-@pytest.mark.parametrize("name", [d["name"] for d in ENCODER_CONFIGS])
+@pytest.mark.parametrize("name", [d["name"] for d in encoders])
 def test_registry_matches_transformers_parameter_count(name):
-    config = encoder_config_from_name(name)
+    config = get_config(name)
     hf_dict = encoder_config_to_hf(config, head="mlm")
     hf_config = transformers.AutoConfig.for_model(**hf_dict)
     assert dataclasses.replace(encoder_config_from_hf(hf_dict), name=name) == config
@@ -227,10 +227,14 @@ def test_config_validation_names_the_config():
 
 
 def test_unknown_config_name_suggests_close_names():
-    with pytest.raises(ModelError, match="'bert-tiy' is not a supported encoder config name; did you mean 'bert-tiny'"):
-        encoder_config_from_name("bert-tiy")
-    with pytest.raises(ModelError, match="encoder config 'bert-tiny': unknown field.s. n_layers"):
-        encoder_config_from_name("bert-tiny", n_layers=2)
+    with pytest.raises(ModelError, match="'bert-tiy' is not a known model; did you mean 'bert-tiny'"):
+        get_config("bert-tiy")
+    with pytest.raises(ModelError, match="did you mean 'roberta-base'"):
+        get_config("RoBERTa-base")
+    with pytest.raises(ModelError, match="model.overrides: unknown key 'n_layers'; valid keys: .*n_layer, "):
+        get_config("bert-tiny", n_layers=2)
+    with pytest.raises(ModelError, match="model.overrides: encoder config 'bert-tiny': n_embd 129 is not divisible"):
+        get_config("bert-tiny", n_embd=129)
 
 
 def test_too_long_input_is_an_error():
@@ -256,7 +260,7 @@ def test_roberta_positions_count_real_tokens():
 
 def test_map_key_names_unknown_tensor():
     assert map_key("bert.encoder.layer.11.output.dense.bias", BERT_TO_RAFALE) == "encoder.layers.11.mlp.proj.bias"
-    with pytest.raises(ModelError, match="unknown tensor 'bert.encoder.layer.0.foo.weight'"):
+    with pytest.raises(ModelError, match="unknown tensor name 'bert.encoder.layer.0.foo.weight'"):
         map_key("bert.encoder.layer.0.foo.weight", BERT_TO_RAFALE)
 
 
@@ -267,8 +271,8 @@ def test_missing_directory(tmp_path):
 
 def test_directory_without_weights_lists_its_files(tmp_path):
     _, path = save_hf("BertForMaskedLM", tmp_path)
-    (path / "model.safetensors").rename(path / "pytorch_model.bin")
-    with pytest.raises(ModelError, match="no model.safetensors .*found: config.json, pytorch_model.bin"):
+    (path / "model.safetensors").rename(path / "model.safetensors.bak")
+    with pytest.raises(ModelError, match="no model.safetensors .*found: config.json, model.safetensors.bak"):
         load_hf_encoder(path)
 
 

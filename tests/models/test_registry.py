@@ -5,7 +5,7 @@ import torch
 
 from rafale.errors import ModelError
 from rafale.models import Decoder, get_config, list_models
-from rafale.models.registry import name_to_config
+from rafale.models.registry import decoders, name_to_config
 from rafale.models.weights import config_from_hf, config_to_hf
 
 # Total parameter counts published by the checkpoints' authors (Pythia: the model card's table of
@@ -28,7 +28,7 @@ def meta_decoder(name: str) -> Decoder:
         return Decoder(get_config(name))
 
 
-@pytest.mark.parametrize("name", list(name_to_config))
+@pytest.mark.parametrize("name", [c["name"] for c in decoders])
 def test_entry_matches_transformers_parameter_count(name):
     transformers = pytest.importorskip("transformers")
     config = get_config(name)
@@ -86,3 +86,5 @@ def test_list_models_rows():
     assert list(rows) == list(name_to_config)
     assert rows["pythia-70m"] == ("gpt_neox", 70_426_624)
     assert rows["Qwen2.5-0.5B"][0] == "qwen2" and rows["llama-tiny"][0] == "llama"
+    assert rows["bert-base-uncased"] == ("bert", 109_514_298)  # BertForMaskedLM's count (no pooler)
+    assert rows["roberta-base"][0] == "roberta"

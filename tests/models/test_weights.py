@@ -202,25 +202,26 @@ def rewrite_tensors(path, edit):
 
 
 def test_missing_directory(tmp_path):
-    with pytest.raises(ModelError, match="nope: not a directory; expected an HF-layout model dir"):
+    with pytest.raises(ModelError, match="nope: no such directory; expected an HF-layout model dir"):
         load_hf_checkpoint(tmp_path / "nope")
 
 
 def test_directory_without_config_lists_its_contents(neox_dir):
     (neox_dir / "config.json").unlink()
-    with pytest.raises(ModelError, match="no config.json; found generation_config.json, model.safetensors"):
+    with pytest.raises(ModelError, match=r"no config.json \(found: generation_config.json, model.safetensors\)"):
         load_hf_checkpoint(neox_dir)
 
 
 def test_directory_without_weights_lists_its_contents(neox_dir):
     (neox_dir / "model.safetensors").unlink()
-    with pytest.raises(ModelError, match="no model.safetensors or model.safetensors.index.json; found config.json"):
+    with pytest.raises(ModelError, match=r"no model.safetensors or model.safetensors.index.json \(found: config.json"):
         load_hf_checkpoint(neox_dir)
 
 
 def test_pickle_weights_are_refused(neox_dir):
     (neox_dir / "model.safetensors").rename(neox_dir / "pytorch_model.bin")
-    with pytest.raises(ModelError, match=r"only pickle weights \(\*.bin/\*.pt\) found; rafale reads safetensors only"):
+    with pytest.raises(ModelError, match=r"only pickle weights \(\*.bin/\*.pt\), no safetensors \(found: config.json, "
+                                         r"generation_config.json, pytorch_model.bin\); rafale reads safetensors only"):
         load_hf_checkpoint(neox_dir)
 
 
