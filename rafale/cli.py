@@ -155,6 +155,8 @@ def plot(
 
     out = output or (runs[0] / "loss.png" if len(runs) == 1 else Path("loss.png"))
     console.print(f"wrote {plot_runs(runs, out)}")
+
+
 @app.command()
 def export(
     src: Path = typer.Argument(..., help="A run directory, its final/ directory, or an HF-layout model directory."),
