@@ -15,7 +15,9 @@ SECTIONS = {"run": C.RunConfig, "optim": C.OptimConfig, "model": C.ModelConfig, 
 
 @pytest.mark.parametrize("section", SECTIONS)
 def test_every_config_key_is_in_the_readme(section):
-    missing = [f.name for f in dataclasses.fields(SECTIONS[section]) if f"`{f.name}`" not in README]
+    # a nested section such as data.tokenizer is documented by its own keys (`tokenizer.path`, ...)
+    missing = [f.name for f in dataclasses.fields(SECTIONS[section])
+               if f"`{f.name}`" not in README and f"`{f.name}." not in README]
     assert not missing, f"README's config reference lacks {section}: {missing}"
 
 
