@@ -26,9 +26,17 @@ class _Blocks(torch.utils.data.Dataset):
 
 
 class _Data:  # the part of PreparedData the trainer builder reads
+    meta = {"pipeline": "causal_lm"}
+
     @staticmethod
-    def blocks(split):
+    def dataset(split):
         return _Blocks(16, 16) if split == "train" else None
+
+    @staticmethod
+    def collator(**_):
+        from rafale.data.causal_lm import collate
+
+        return collate
 
 
 def _cfg(**sections):
