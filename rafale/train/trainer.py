@@ -255,15 +255,27 @@ class WithLabels:
         return batch
 
 
+class SameMasks:
+    """mlm eval: each eval batch gets the same masked positions at every evaluation (the generator is
+    reseeded from the batch's tokens), so eval losses compare across steps without masking noise."""
+
+    def __init__(self, collate, seed: int):
+        self.collate, self.seed = collate, seed
+
+    def __call__(self, blocks):
+        self.collate.generator.manual_seed(self.seed + int(torch.stack(blocks).sum()))
+        return self.collate(blocks)
+
+
 def collate_fn(cfg: Config, data: PreparedData, model, split: str):
-    """The pipeline's collator: mlm masks here (a seeded generator per split), others stack arrays."""
-    kwargs = {}
-    if data.meta["pipeline"] == "mlm":
-        kwargs = {"probability": cfg.data.mlm_probability,
-                  "generator": torch.Generator().manual_seed(cfg.run.seed + (split == "eval"))}
-    collate = data.collator(**kwargs)
+    """The pipeline's collator: mlm masks here (fresh masks every train epoch), others stack arrays."""
     from composer.models import HuggingFaceModel
 
+    if data.meta["pipeline"] == "mlm":
+        collate = data.collator(probability=cfg.data.mlm_probability,
+                                generator=torch.Generator().manual_seed(cfg.run.seed))
+        return SameMasks(collate, cfg.run.seed) if split == "eval" else collate
+    collate = data.collator()
     return WithLabels(collate) if isinstance(model, HuggingFaceModel) else collate
 
 
