@@ -76,9 +76,10 @@ class OptimConfig:
 # ---- model: which architecture, which weights --------------------------------------------------------
 @dataclass
 class ModelConfig:
-    config: str = "pythia-14m"  # a registry name (`rafale models` lists them)
+    config: str = "pythia-14m"  # a registry name (`rafale models` lists them), or from_weights (needs weights)
     overrides: dict = field(default_factory=dict)  # any registry field, e.g. {n_layer: 4}
-    weights: Union[str, None] = None  # HF-layout directory or rafale run directory
+    weights: Union[str, None] = None  # start from a checkpoint: an HF-layout dir, a rafale run dir or a hub id
+    hf: Union[str, None] = None  # instead of a rafale model: any transformers causal LM (dir or hub id)
 
 
 # ---- data: source, tokenizer and how text becomes blocks ---------------------------------------------
@@ -386,6 +387,12 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         need(total[0] > 0, "run.max_duration", f"expected a positive duration, got {r.max_duration}")
 
     need(bool(m.config), "model.config", "expected a model name (see `rafale models`)")
+    if m.hf is not None:
+        need(bool(m.hf), "model.hf", "expected a model directory or a hub id (owner/name)")
+        need(m.weights is None, "model.weights", f"{m.weights!r} with model.hf {m.hf!r}; model.hf loads its own "
+             f"weights, drop one of them")
+        need(not m.overrides, "model.overrides", "not used with model.hf (its config.json gives the shapes); "
+             "drop them")
 
     one_of(d.pipeline, PIPELINES, "data.pipeline")
     sources = d.source if isinstance(d.source, list) else [d.source]

@@ -52,6 +52,9 @@ class _Clock:
         return self.tokens / self.train_seconds if self.train_seconds else 0.0
 
 
+EVAL_NAMES = {"MulticlassAccuracy": "accuracy", "MaskedAccuracy": "masked_accuracy"}
+
+
 class RunStats(Callback):
     """Tracks training throughput and the latest losses; everything else reads from here."""
 
@@ -60,6 +63,7 @@ class RunStats(Callback):
         self.train_loss: float | None = None
         self.eval_loss: float | None = None
         self.eval_ppl: float | None = None
+        self.eval_extra: dict[str, float] = {}  # other eval metrics, e.g. {"accuracy": 0.93}
         self.lr: float | None = None
         self._tokens_before = 0
 
@@ -77,9 +81,14 @@ class RunStats(Callback):
 
     def eval_end(self, state: State, logger: Logger) -> None:
         metrics = next(iter(state.eval_metrics.values()), {})
-        if "CrossEntropy" in metrics:
-            self.eval_loss = float(metrics["CrossEntropy"].compute())
-            self.eval_ppl = float(metrics["Perplexity"].compute())
+        for name, metric in metrics.items():  # names as the Composer wrappers (and HuggingFaceModel) give them
+            value = float(metric.compute())
+            if name.endswith("CrossEntropy"):
+                self.eval_loss = value
+            elif name.endswith("Perplexity"):
+                self.eval_ppl = value
+            else:
+                self.eval_extra[EVAL_NAMES.get(name, name.lower())] = value
 
 
 class RichProgress(Callback):
@@ -109,9 +118,12 @@ class RichProgress(Callback):
                              loss=f"{s.train_loss:.3f}", lr=f"{s.lr:.2e}", tps=f"{s.clock.tokens_per_second:,.0f}")
 
     def eval_end(self, state: State, logger: Logger) -> None:
-        if self.progress is not None and self.stats.eval_loss is not None:
-            self.progress.console.print(f"  step {state.timestamp.batch.value}: eval loss {self.stats.eval_loss:.4f}, "
-                                        f"perplexity {self.stats.eval_ppl:.2f}")
+        s = self.stats
+        if self.progress is not None and s.eval_loss is not None:
+            more = ([f"perplexity {s.eval_ppl:.2f}"] if s.eval_ppl is not None else []) + \
+                   [f"{k} {v:.4f}" for k, v in s.eval_extra.items()]
+            self.progress.console.print(f"  step {state.timestamp.batch.value}: eval loss {s.eval_loss:.4f}"
+                                        + "".join(f", {m}" for m in more))
 
     def fit_end(self, state: State, logger: Logger) -> None:
         self.stop()
@@ -170,4 +182,5 @@ class MetricsFile(Callback):
         if s.eval_loss is not None:
             self._write({"step": state.timestamp.batch.value,
                          "tokens": state.timestamp.token.value,
-                         "eval/loss": s.eval_loss, "eval/perplexity": s.eval_ppl, "time": round(time.time(), 3)})
+                         "eval/loss": s.eval_loss, "eval/perplexity": s.eval_ppl,
+                         **{f"eval/{k}": v for k, v in s.eval_extra.items()}, "time": round(time.time(), 3)})

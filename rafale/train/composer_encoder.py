@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from composer.metrics import LanguagePerplexity, LossMetric, MaskedAccuracy
+from composer.metrics import LanguageCrossEntropy, LanguagePerplexity, LossMetric, MaskedAccuracy
 from composer.models import ComposerModel
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
@@ -54,13 +54,14 @@ class ComposerClassifier(ComposerModel):
 
 
 class ComposerMLM(ComposerModel):
-    """An EncoderForMaskedLM: cross-entropy on the masked positions; their accuracy and perplexity."""
+    """An EncoderForMaskedLM: cross-entropy on the masked positions; their accuracy, loss and perplexity."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
         self.train_metrics = {"MaskedAccuracy": MaskedAccuracy(ignore_index=IGNORE_INDEX)}
         self.val_metrics = {"MaskedAccuracy": MaskedAccuracy(ignore_index=IGNORE_INDEX),
+                            "CrossEntropy": LanguageCrossEntropy(ignore_index=IGNORE_INDEX),
                             "Perplexity": LanguagePerplexity(ignore_index=IGNORE_INDEX)}
 
     def forward(self, batch: dict) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 A healthy setup drives the loss on a single batch it sees over and over close to zero. The run trains
 through the same Composer path as a real run (constant LR, no warmup, no checkpoints, no run directory)
-and exits 0 when the final loss is under THRESHOLD of the first one, 1 otherwise.
+and exits 0 when the final loss is under THRESHOLD of the first one, 1 otherwise. The batch is collated
+once, so an mlm batch keeps the same masked positions at every step.
 """
 
 from __future__ import annotations
@@ -13,61 +14,65 @@ import torch
 from composer.utils import dist
 
 from rafale.config import Config
-from rafale.data.causal_lm import collate
-from rafale.train.loss import chunked_cross_entropy, shift_targets
-from rafale.train.trainer import build_trainer
+from rafale.train.trainer import build_trainer, collate_fn, composer_model
 
 THRESHOLD = 0.10
-BATCH = 4  # blocks in the overfit batch
+BATCH = 4  # examples in the overfit batch
 EPOCHS = 60
 
 
-class _Repeat(torch.utils.data.Dataset):
-    def __init__(self, blocks):
-        self.blocks = blocks
+class _Rows(torch.utils.data.Dataset):
+    """The rows of one collated batch, as a dataset that default_collate stacks back into that batch."""
+
+    def __init__(self, batch: dict):
+        self.batch = batch
 
     def __len__(self):
-        return len(self.blocks)
+        return len(self.batch["input_ids"])
 
     def __getitem__(self, i):
-        return self.blocks[i]
+        return {k: v[i] for k, v in self.batch.items()}
 
 
-def _loss(model, batch) -> float:
-    model.eval()
+def _loss(wrapped, batch) -> float:
+    wrapped.eval()
     with torch.no_grad():
-        ids = batch["input_ids"]
-        loss = chunked_cross_entropy(model.hidden_states(ids), model.lm_head.weight, shift_targets(ids))
-    model.train()
+        loss = wrapped.loss(wrapped(batch), batch)
+    wrapped.train()
     return float(loss)
 
 
 def debug_run(cfg: Config, model, data, console) -> int:
-    train = data.blocks("train")
+    train = data.dataset("train")
     n = min(BATCH, len(train), cfg.data.train_batch_size)
-    blocks = [train[i] for i in range(n)]
-    batch = collate(blocks)
+    batch = collate_fn(cfg, data, model, "train")([train[i] for i in range(n)])
+    wrapped = composer_model(model)
     cfg = dataclasses.replace(
         cfg,
         run=dataclasses.replace(cfg.run, max_duration=f"{EPOCHS}ep", device_batch_size=n, save_interval="1000ep"),
         optim=dataclasses.replace(cfg.optim, schedule="constant", warmup="0ba", weight_decay=0.0),
         data=dataclasses.replace(cfg.data, train_batch_size=n),
     )
-    before = _loss(model, batch)
+    before = _loss(wrapped, batch)
     console.print(f"DEBUG: overfitting one batch of {n} x {cfg.data.block_size} tokens for {EPOCHS} steps "
                   f"(lr {cfg.optim.lr:g}, constant)")
 
-    class OneBatch:  # the prepared data, reduced to the one batch (train = eval)
-        meta = data.meta
+    class OneBatch:  # the prepared data, reduced to the one batch (train = eval), already collated
+        meta = {**data.meta, "pipeline": "one_batch"}
 
         @staticmethod
-        def blocks(split):
-            return _Repeat(blocks)
+        def dataset(split):
+            return _Rows(batch)
 
-    trainer = build_trainer(cfg, model, OneBatch, save_folder=None, callbacks=[])
+        @staticmethod
+        def collator(**_):
+            return torch.utils.data.default_collate
+
+    trainer = build_trainer(cfg, wrapped, OneBatch, save_folder=None, callbacks=[])
     trainer.fit()
     trainer.close()
-    after = _loss(model, {k: v.to(next(model.parameters()).device) for k, v in batch.items()})
+    device = next(wrapped.parameters()).device
+    after = _loss(wrapped, {k: v.to(device) for k, v in batch.items()})
     ok = after < THRESHOLD * before
     if dist.get_global_rank() == 0:
         verdict = "[green]PASS[/]" if ok else "[red]FAIL[/]"

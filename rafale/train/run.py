@@ -26,13 +26,12 @@ from rich.table import Table
 
 import rafale
 from rafale.config import Config, dump_config
-from rafale.data import causal_lm
 from rafale.data.cache import write_json
+from rafale.data.prepare import PreparedData, prepare
 from rafale.errors import RunStateError
 from rafale.train import callbacks as cb
 from rafale.train import mfu
-from rafale.train.trainer import (build_model, build_trainer, check_fits, model_config, resolve_device,
-                                  resolve_precision)
+from rafale.train.trainer import build_model, build_trainer, num_params, preflight, resolve_device, resolve_precision
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
 RESUMABLE_CHANGES = ("run.max_duration", "run.eval_interval", "run.save_interval", "run.log_interval",
@@ -108,7 +107,7 @@ def hardware() -> dict:
     return info
 
 
-def write_manifest(rd: RunDir, cfg: Config, data: causal_lm.PreparedData, status: str, **extra) -> None:
+def write_manifest(rd: RunDir, cfg: Config, data: PreparedData, status: str, **extra) -> None:
     import composer
     import tokenizers
 
@@ -124,9 +123,11 @@ def write_manifest(rd: RunDir, cfg: Config, data: causal_lm.PreparedData, status
     os.replace(tmp, path)
 
 
-def unigram_eval_loss(data: causal_lm.PreparedData) -> float | None:
-    """Cross-entropy of a unigram model (add-one smoothed train counts) on the eval targets."""
-    train, evals = data.blocks("train"), data.blocks("eval")
+def unigram_eval_loss(data: PreparedData) -> float | None:
+    """Cross-entropy of a unigram model (add-one smoothed train counts) on the eval targets (causal_lm only)."""
+    if data.meta["pipeline"] != "causal_lm":
+        return None
+    train, evals = data.dataset("train"), data.dataset("eval")
     if evals is None:
         return None
     vocab = data.tokenizer.vocab_size
@@ -140,12 +141,14 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
     """Train as `cfg` says (or, with debug, overfit one batch). Returns the process exit code."""
     console = console or Console()
     rank0 = dist.get_global_rank() == 0
-    # pre-flight: a bad model name, block size or run state fails before any data work
-    if cfg.model.weights is None:
-        check_fits(cfg, model_config(cfg))
+    # pre-flight: a bad model name or checkpoint, pipeline, block size or run state fails before any data work
+    preflight(cfg)
     rd = None if debug else open_run_dir(cfg, force)
-    data = causal_lm.prepare(cfg.data, console=console if rank0 else Console(quiet=True))
-    model = build_model(cfg, data)
+    data = prepare(cfg.data, console=console if rank0 else Console(quiet=True))
+    model, report = build_model(cfg, data)
+    if report is not None and report.initialized and rank0:
+        console.print(f"[yellow]model.weights {cfg.model.weights} has no {report.head} head[/]; initialised "
+                      f"fresh: {', '.join(report.initialized)}")
     if debug:
         from rafale.train.debug import debug_run
 
@@ -158,7 +161,7 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         if rd.resume_from:
             console.print(f"resuming {rd.path} from checkpoint {rd.resume_from.name}: {rd.why}")
         else:
-            console.print(f"training {cfg.model.config} ({model.num_params():,} parameters) -> {rd.path}")
+            console.print(f"training {model_name(cfg)} ({num_params(model):,} parameters) -> {rd.path}")
     stats = cb.RunStats()
     callbacks = [stats]
     progress = None
@@ -210,45 +213,73 @@ def _batches(interval: str) -> int:
     return int(float(interval[:-2])) if interval.endswith("ba") else 1
 
 
-def export_final(model, data: causal_lm.PreparedData, rd: RunDir) -> Path:
-    from rafale.models.weights import export_hf
+def model_name(cfg: Config) -> str:
+    if cfg.model.hf is not None:
+        return f"model.hf {cfg.model.hf}"
+    return cfg.model.config if cfg.model.weights is None else f"{cfg.model.config} from {cfg.model.weights}"
+
+
+def export_final(model, data: PreparedData, rd: RunDir) -> Path:
+    """final/: the weights in HF layout (rafale's export, or save_pretrained for model.hf) + the tokenizer."""
+    from composer.models import HuggingFaceModel
+
+    from rafale.models import Decoder, export_model
 
     final = rd.path / "final"
     tmp = rd.path / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    export_hf(model, tmp)
+    if isinstance(model, HuggingFaceModel):
+        model.model.save_pretrained(tmp, safe_serialization=True)
+    else:
+        export_model(model, tmp)
     shutil.copyfile(data.path / "tokenizer.json", tmp / "tokenizer.json")
-    write_json(tmp / "generation_config.json", {"eos_token_id": data.tokenizer.eos_id,
-                                                "pad_token_id": data.tokenizer.pad_id})
+    if isinstance(model, (Decoder, HuggingFaceModel)):
+        write_json(tmp / "generation_config.json", {"eos_token_id": data.tokenizer.eos_id,
+                                                    "pad_token_id": data.tokenizer.pad_id})
+    if "labels" in data.meta:  # classification: output index -> label name, as transformers reads it
+        hf_config = json.loads((tmp / "config.json").read_text())
+        hf_config["id2label"] = dict(enumerate(data.meta["labels"]))
+        hf_config["label2id"] = {name: i for i, name in enumerate(data.meta["labels"])}
+        write_json(tmp / "config.json", hf_config)
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     return final
 
 
 def summarize(cfg: Config, trainer, stats: cb.RunStats, data, model, final: Path) -> dict:
+    from rafale.models import Decoder
     from rafale.models.generate import complete
 
     ts = trainer.state.timestamp
     model.eval()
     sample = complete(model, data.tokenizer, cfg.run.sample_prompt, cfg.run.sample_tokens) \
-        if cfg.run.sample_tokens else None
+        if cfg.run.sample_tokens and isinstance(model, Decoder) else None
     tps = stats.clock.tokens_per_second
     return {"steps": ts.batch.value, "tokens": ts.token.value, "train_loss": stats.train_loss,
             "eval_loss": stats.eval_loss, "eval_perplexity": stats.eval_ppl,
+            **{f"eval_{k}": v for k, v in stats.eval_extra.items()},
             "unigram_eval_loss": unigram_eval_loss(data), "tokens_per_second": round(tps, 1),
             "train_seconds": round(stats.clock.train_seconds, 2), **mfu_report(cfg, model, tps),
             "saved": str(final), "sample": sample}
 
 
-def _flops(cfg: Config, model) -> tuple[int, float | None]:
+def _flops(cfg: Config, model) -> tuple[int | None, float | None]:
+    from rafale.models import Decoder
+
+    if not isinstance(model, Decoder):  # mfu.py counts a decoder's FLOPs; others report none
+        return None, None
     device = resolve_device(cfg)
     peak, _ = mfu.peak_flops(device, resolve_precision(cfg, device))
     return mfu.flops_per_token(model, cfg.data.block_size), peak
 
 
 def mfu_report(cfg: Config, model, tokens_per_second: float) -> dict:
-    """Model FLOPs utilisation of this run (all processes together over their summed peaks)."""
+    """Model FLOPs utilisation of this run (all processes together over their summed peaks); decoders only."""
+    from rafale.models import Decoder
+
+    if not isinstance(model, Decoder):
+        return {}
     device = resolve_device(cfg)
     peak, source = mfu.peak_flops(device, resolve_precision(cfg, device))  # cached: the same figure as above
     fpt = mfu.flops_per_token(model, cfg.data.block_size)
@@ -268,8 +299,13 @@ def print_summary(console: Console, s: dict) -> None:
     t.add_row("tokens seen", f"{s['tokens']:,}")
     t.add_row("train loss", fmt(s["train_loss"], ".4f"))
     t.add_row("eval loss", fmt(s["eval_loss"], ".4f"))
-    t.add_row("eval perplexity", fmt(s["eval_perplexity"], ".2f"))
-    t.add_row("unigram eval loss", fmt(s["unigram_eval_loss"], ".4f") + "  (a model that ignores context)")
+    if s["eval_perplexity"] is not None:
+        t.add_row("eval perplexity", fmt(s["eval_perplexity"], ".2f"))
+    for key in ("eval_accuracy", "eval_masked_accuracy"):
+        if s.get(key) is not None:
+            t.add_row(key.replace("_", " "), f"{s[key]:.4f}")
+    if s["unigram_eval_loss"] is not None:
+        t.add_row("unigram eval loss", fmt(s["unigram_eval_loss"], ".4f") + "  (a model that ignores context)")
     t.add_row("throughput", f"{s['tokens_per_second']:,.0f} tokens/s")
     if s.get("mfu") is not None:
         t.add_row("MFU", f"{s['mfu']:.1%}  ({s['achieved_tflops'] * 1e3:,.1f} of {s['peak_tflops'] * 1e3:,.1f} "

@@ -3,25 +3,35 @@
 `build_model` applies the rules that tie the model to the data: a model trained from scratch takes the
 tokenizer's vocabulary (padded up to a multiple of 64 for faster matmuls); a model loaded from weights
 keeps its own, and the tokenizer must fit in it. The block size must fit in the model's positions.
+
+Which model trains on which pipeline, and through which Composer wrapper:
+
+    causal_lm, sft     a decoder (ComposerLM) or a transformers causal LM (`model.hf`, HuggingFaceModel)
+    classification     an encoder with a classification head, num_labels from the data (ComposerClassifier)
+    mlm                an encoder with its masked-LM head (ComposerMLM)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
 import torch
 from composer import Trainer
 from composer.algorithms import GradientClipping
+from composer.models import ComposerModel
 from composer.optim import (ConstantScheduler, ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler, DecoupledAdamW,
                             LinearWithWarmupScheduler)
 from composer.utils import dist
 
 from rafale.config import Config, _time
-from rafale.data.causal_lm import PreparedData, collate
+from rafale.data.prepare import PreparedData
 from rafale.errors import ConfigError, ModelError
 
 VOCAB_MULTIPLE = 64
+DECODER_PIPELINES = ("causal_lm", "sft")
+ENCODER_HEADS = {"classification": "classification", "mlm": "mlm"}  # pipeline -> encoder head
 # Composer warns when the last eval batch is smaller than the eval microbatch: expected, and harmless.
 warnings.filterwarnings("ignore", message="Cannot split tensor of length")
 # A warmup fraction of a very short run rounds to 0 batches; Composer then warns once per step.
@@ -29,37 +39,123 @@ warnings.filterwarnings("ignore", message="The warmup duration is 0")
 
 
 def model_config(cfg: Config, vocab_size: int | None = None):
-    """The registry entry with the config's overrides; vocab_size from the tokenizer unless overridden.
+    """The model config the run trains: the registry entry, or the checkpoint's own shapes
+    (`model.config: from_weights`), with model.overrides applied.
 
-    Called once before data preparation (vocab unknown yet) so a bad name fails before any work.
+    From scratch the vocabulary comes from the tokenizer unless overridden; with model.weights the
+    checkpoint's vocabulary stays (check_fits then checks the tokenizer fits in it). Called once before
+    data preparation (vocab unknown yet) so a bad name or checkpoint fails before any work.
     """
-    from rafale.models import registry
+    from rafale.models import resolve_model_config
 
     overrides = dict(cfg.model.overrides)
-    if vocab_size is not None:
+    if vocab_size is not None and cfg.model.weights is None:
         overrides.setdefault("vocab_size", math.ceil(vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
     try:
-        return registry.get_config(cfg.model.config, **overrides)
+        return resolve_model_config(cfg.model.config, cfg.model.weights, **overrides)
     except ModelError as e:
         raise ModelError(f"{cfg.source_path}: {e}") from None
 
 
-def build_model(cfg: Config, data: PreparedData) -> torch.nn.Module:
-    from rafale.models.decoder import Decoder
+def check_pipeline(cfg: Config, mc) -> None:
+    """A decoder trains on causal_lm or sft, an encoder on classification or mlm."""
+    from rafale.models import DecoderConfig
+
+    pipeline = cfg.data.pipeline
+    is_decoder = isinstance(mc, DecoderConfig)
+    allowed = DECODER_PIPELINES if is_decoder else tuple(ENCODER_HEADS)
+    if pipeline not in allowed:
+        kind = "a decoder" if is_decoder else "an encoder"
+        raise ConfigError(f"{cfg.source_path}: data.pipeline: {pipeline!r} does not train {kind} "
+                          f"(model {mc.name!r}); expected one of {', '.join(allowed)}, or a model that fits "
+                          f"the pipeline")
+
+
+def preflight(cfg: Config) -> None:
+    """Everything about the model that can fail before any data work: name, checkpoint, pipeline, block size."""
+    if cfg.model.hf is not None:
+        if cfg.data.pipeline not in DECODER_PIPELINES:
+            raise ConfigError(f"{cfg.source_path}: data.pipeline: {cfg.data.pipeline!r} with model.hf; model.hf "
+                              f"trains a causal LM, expected one of {', '.join(DECODER_PIPELINES)}")
+        return
+    mc = model_config(cfg)
+    check_pipeline(cfg, mc)
+    check_fits(cfg, mc)
+
+
+def build_model(cfg: Config, data: PreparedData):
+    """The model to train, and the LoadReport of its checkpoint (None when there is none).
+
+    model.hf gives a Composer HuggingFaceModel; otherwise a rafale Decoder or encoder with the head the
+    pipeline needs (a checkpoint without that head gets a fresh one, listed in the report).
+    """
+    from rafale.models import EncoderConfig, load_pretrained, model_from_config
 
     tok_vocab = data.tokenizer.vocab_size
+    if cfg.model.hf is not None:
+        return build_hf(cfg, tok_vocab), None
+    mc = model_config(cfg, tok_vocab)
+    check_pipeline(cfg, mc)
+    head, num_labels = "auto", None
+    if isinstance(mc, EncoderConfig):
+        head = ENCODER_HEADS[cfg.data.pipeline]
+        if head == "classification":
+            num_labels = len(data.meta["labels"])
+            mc = dataclasses.replace(mc, num_labels=num_labels)
+    report = None
     if cfg.model.weights is not None:
-        from rafale.models import from_pretrained
-
-        model = from_pretrained(cfg.model.weights)
+        model, report = load_pretrained(cfg.model.weights, head=head, num_labels=num_labels, config=mc)
         model.train()
         where = f"model.weights {cfg.model.weights}"
     else:
         torch.manual_seed(cfg.run.seed)
-        model = Decoder(model_config(cfg, tok_vocab))
+        model = model_from_config(mc, head=head if head != "auto" else "mlm")
         where = f"model.config {cfg.model.config}"
     check_fits(cfg, model.config, tok_vocab, where)
-    return model
+    return model, report
+
+
+def build_hf(cfg: Config, tok_vocab: int):
+    """model.hf: a transformers causal LM; the tokenizer and the blocks must fit in it too."""
+    from rafale.train.hf_backend import build_hf_model
+
+    try:
+        wrapped = build_hf_model(cfg.model.hf)
+    except ModelError as e:
+        raise ModelError(f"{cfg.source_path}: {e}") from None
+    hf = wrapped.model
+    rows = hf.get_input_embeddings().num_embeddings
+    where = f"model.hf {cfg.model.hf}"
+    if tok_vocab > rows:
+        raise ModelError(f"{cfg.source_path}: data.tokenizer has {tok_vocab} tokens but {where} has only "
+                         f"{rows} embedding rows; use a matching tokenizer or model")
+    positions = getattr(hf.config, "max_position_embeddings", None)
+    if positions is not None and cfg.data.block_size > positions:
+        raise ConfigError(f"{cfg.source_path}: data.block_size: {cfg.data.block_size} is larger than {where}'s "
+                          f"max_position_embeddings {positions}")
+    return wrapped
+
+
+def num_params(model: torch.nn.Module) -> int:
+    """Parameters of any model (rafale's, or transformers' under Composer); a tied matrix counts once."""
+    return sum({id(p): p.numel() for p in model.parameters()}.values())
+
+
+def composer_model(model: torch.nn.Module) -> ComposerModel:
+    """The Composer wrapper that turns this model's batches into a loss and metrics."""
+    from rafale.models import Decoder, EncoderForMaskedLM, EncoderForSequenceClassification
+    from rafale.train.composer_encoder import ComposerClassifier, ComposerMLM
+    from rafale.train.composer_lm import ComposerLM
+
+    if isinstance(model, ComposerModel):  # model.hf: already a HuggingFaceModel
+        return model
+    if isinstance(model, Decoder):
+        return ComposerLM(model)
+    if isinstance(model, EncoderForSequenceClassification):
+        return ComposerClassifier(model)
+    if isinstance(model, EncoderForMaskedLM):
+        return ComposerMLM(model)
+    raise TypeError(f"no Composer wrapper for {type(model).__name__}")
 
 
 def check_fits(cfg: Config, mc, tok_vocab: int | None = None, where: str = "the model") -> None:
@@ -143,7 +239,47 @@ def build_loggers(cfg: Config, log_dir: str | None) -> list:
     return out
 
 
-def dataloader(dataset, batch_size: int, shuffle: bool, seed: int) -> torch.utils.data.DataLoader:
+class WithLabels:
+    """model.hf: transformers causal LMs read their targets from `labels` (they shift them inside).
+
+    A copy, not the input_ids themselves: Composer's HuggingFaceModel.eval_forward shifts labels in place.
+    """
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items):
+        batch = self.collate(items)
+        if "labels" not in batch:
+            batch["labels"] = batch["input_ids"].clone()
+        return batch
+
+
+class SameMasks:
+    """mlm eval: each eval batch gets the same masked positions at every evaluation (the generator is
+    reseeded from the batch's tokens), so eval losses compare across steps without masking noise."""
+
+    def __init__(self, collate, seed: int):
+        self.collate, self.seed = collate, seed
+
+    def __call__(self, blocks):
+        self.collate.generator.manual_seed(self.seed + int(torch.stack(blocks).sum()))
+        return self.collate(blocks)
+
+
+def collate_fn(cfg: Config, data: PreparedData, model, split: str):
+    """The pipeline's collator: mlm masks here (fresh masks every train epoch), others stack arrays."""
+    from composer.models import HuggingFaceModel
+
+    if data.meta["pipeline"] == "mlm":
+        collate = data.collator(probability=cfg.data.mlm_probability,
+                                generator=torch.Generator().manual_seed(cfg.run.seed))
+        return SameMasks(collate, cfg.run.seed) if split == "eval" else collate
+    collate = data.collator()
+    return WithLabels(collate) if isinstance(model, HuggingFaceModel) else collate
+
+
+def dataloader(dataset, batch_size: int, shuffle: bool, seed: int, collate) -> torch.utils.data.DataLoader:
     sampler = dist.get_sampler(dataset, shuffle=shuffle, drop_last=shuffle, seed=seed)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                                        drop_last=shuffle)
@@ -171,29 +307,28 @@ def build_trainer(cfg: Config, model: torch.nn.Module, data: PreparedData, *, sa
 def trainer_kwargs(cfg: Config, model: torch.nn.Module, data: PreparedData, *, save_folder: str | None,
                    callbacks: list, load_path: str | None = None, log_dir: str | None = None) -> dict:
     """Everything the config says, as Composer Trainer arguments (separate so tests can inspect it)."""
-    from rafale.train.composer_lm import ComposerLM
-
     device = resolve_device(cfg)
-    train_blocks, eval_blocks = data.blocks("train"), data.blocks("eval")
+    train_set, eval_set = data.dataset("train"), data.dataset("eval")
     train_bs = per_device_batch(cfg, "train_batch_size", cfg.data.train_batch_size)
-    if len(train_blocks) < cfg.data.train_batch_size:
+    if len(train_set) < cfg.data.train_batch_size:
         raise ConfigError(f"{cfg.source_path}: data.train_batch_size: {cfg.data.train_batch_size} is more than "
-                          f"the {len(train_blocks)} train blocks; lower it or use more data")
+                          f"the {len(train_set)} train examples; lower it or use more data")
     eval_dl = None
-    if eval_blocks is not None:
-        eval_dl = dataloader(eval_blocks, per_device_batch(cfg, "eval_batch_size", cfg.data.eval_batch_size),
-                             shuffle=False, seed=cfg.run.seed)
+    if eval_set is not None:
+        eval_dl = dataloader(eval_set, per_device_batch(cfg, "eval_batch_size", cfg.data.eval_batch_size),
+                             shuffle=False, seed=cfg.run.seed, collate=collate_fn(cfg, data, model, "eval"))
     micro = cfg.run.device_batch_size
     if micro == "auto":
         micro = "auto" if device == "gpu" else train_bs
-    composer_model = ComposerLM(model)
+    wrapped = composer_model(model)
     return dict(
-        model=composer_model,
-        train_dataloader=dataloader(train_blocks, train_bs, shuffle=True, seed=cfg.run.seed),
+        model=wrapped,
+        train_dataloader=dataloader(train_set, train_bs, shuffle=True, seed=cfg.run.seed,
+                                    collate=collate_fn(cfg, data, model, "train")),
         eval_dataloader=eval_dl,
         eval_interval=_eval_interval(cfg) if eval_dl is not None else 0,
         max_duration=cfg.run.max_duration,
-        optimizers=build_optimizer(cfg, composer_model),
+        optimizers=build_optimizer(cfg, wrapped),
         schedulers=build_scheduler(cfg),
         step_schedulers_every_batch=True,
         algorithms=[GradientClipping(clipping_type=cfg.optim.clip_type, clipping_threshold=cfg.optim.clip_norm)]

@@ -26,9 +26,17 @@ class _Blocks(torch.utils.data.Dataset):
 
 
 class _Data:  # the part of PreparedData the trainer builder reads
+    meta = {"pipeline": "causal_lm"}
+
     @staticmethod
-    def blocks(split):
+    def dataset(split):
         return _Blocks(16, 16) if split == "train" else None
+
+    @staticmethod
+    def collator(**_):
+        from rafale.data.causal_lm import collate
+
+        return collate
 
 
 def _cfg(**sections):
@@ -87,3 +95,21 @@ def test_flops_per_token_skips_the_input_embedding_only():
     model = _model(cfg)
     n = sum(p.numel() for p in model.parameters())
     assert flops_per_token(model, 16) == 6 * (n - 256 * 32) + 12 * 1 * 32 * 16
+
+
+def test_mlm_eval_masks_are_the_same_at_every_evaluation():
+    from rafale.data.mlm import MLMCollator
+
+    class MLMData:
+        meta = {"pipeline": "mlm"}
+
+        @staticmethod
+        def collator(probability, generator):
+            return MLMCollator(mask_id=4, special_ids=[0, 1, 2, 3, 4], vocab_size=64, probability=probability,
+                               generator=generator)
+
+    blocks = list(torch.randint(5, 64, (4, 32)))
+    cfg = _cfg()
+    evals, train = tr.collate_fn(cfg, MLMData, None, "eval"), tr.collate_fn(cfg, MLMData, None, "train")
+    assert torch.equal(evals(blocks)["labels"], evals(blocks)["labels"])
+    assert not torch.equal(train(blocks)["labels"], train(blocks)["labels"])  # training: fresh masks each time
