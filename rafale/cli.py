@@ -59,9 +59,36 @@ def run(
                                     console=console))
 
 
+def _decoder_dir_and_tokenizer(path: Path):
+    """(the HF-layout dir that `path` names, its TokenizerInfo) for a decoder that can generate.
+
+    Raises:
+        ModelError: `path` is not a model (see checkpoint.locate) or holds an encoder, which cannot generate.
+        DataError: no tokenizer.json beside the model.
+    """
+    from rafale.data.tokenizer import tokenizer_beside
+    from rafale.errors import DataError, ModelError
+    from rafale.models import DecoderConfig, config_from_weights
+    from rafale.models.checkpoint import locate, read_hf_config
+
+    model_dir = locate(path)  # a run dir's final/, or a hub id's downloaded copy
+    try:
+        tok = tokenizer_beside(model_dir)
+    except DataError:
+        if Path(path).expanduser().exists():
+            raise
+        raise DataError(f"{path}: the hub repository has no tokenizer.json (expected it in its download, "
+                        f"{model_dir}); only models with a tokenizers-library tokenizer.json can generate") from None
+    if not isinstance(config_from_weights(model_dir), DecoderConfig):
+        family = read_hf_config(model_dir).get("model_type")
+        raise ModelError(f"{path} holds an encoder ({family}), which cannot generate text; rafale generate "
+                         f"needs a decoder (gpt_neox, llama or qwen2)")
+    return model_dir, tok
+
+
 @app.command()
 def generate(
-    path: Path = typer.Argument(..., help="A run directory, its final/ directory, or an HF-layout model directory."),
+    path: Path = typer.Argument(..., help="A run directory, its final/, an HF-layout model directory or a hub id."),
     prompt: Optional[List[str]] = typer.Option(None, "-p", "--prompt", help="A text to continue (repeatable)."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help=".txt (one per line) or .jsonl prompts."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON object per prompt here."),
@@ -73,23 +100,23 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Make sampling reproducible."),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="End a completion at this text (repeatable)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (1 is often fastest here)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="CPU threads (default: 1 for models under 100M parameters)."),
 ):
     """Continue prompts with a KV cache: greedy by default, or sampled; EOS and --stop end a completion."""
     import torch
 
-    from rafale.data.tokenizer import tokenizer_beside
     from rafale.errors import ConfigError
     from rafale.models import from_pretrained
-    from rafale.models.generate import Sampling, generate_to_console, read_prompts
+    from rafale.models.generate import Sampling, decoding_threads, generate_to_console, read_prompts
 
     if (prompt is None) == (prompts_file is None):
         raise ConfigError("give either -p/--prompt (repeatable) or --prompts-file, not both and not neither")
     prompts = list(prompt) if prompt is not None else read_prompts(prompts_file)
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    tok, model = tokenizer_beside(path), from_pretrained(path)
+    model_dir, tok = _decoder_dir_and_tokenizer(path)
+    model = from_pretrained(model_dir)
+    torch.set_num_threads(threads or decoding_threads(model))
     generate_to_console(model, tok, prompts, max_new_tokens, console=console, err_console=err_console,
                         output=output, sampling=sampling, stop=stop or (), seed=seed, batch_size=batch_size)
 

@@ -94,6 +94,52 @@ def test_bad_input_is_one_line_and_exit_code_2(model_dir, tmp_path, monkeypatch,
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
+def run_main(argv, monkeypatch, capsys):
+    """`rafale generate ARGV` through the command's main(), in this process: (exit code, stdout, stderr)."""
+    from rafale import cli
+
+    monkeypatch.setenv("RAFALE_MALLOC", "0")
+    monkeypatch.setattr(sys, "argv", ["rafale", "generate", *map(str, argv)])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
+def test_an_encoder_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    from rafale.models import EncoderConfig, EncoderForMaskedLM, export_hf_encoder
+
+    tok = train_tokenizer(SENTENCES, "wordpiece", vocab_size=200, min_frequency=1,
+                          special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    config = EncoderConfig(vocab_size=tok.get_vocab_size(), n_layer=1, n_head=2, n_embd=32, intermediate_size=64,
+                           max_seq_len=32)
+    export_hf_encoder(EncoderForMaskedLM(config), tmp_path)
+    code, out, err = run_main([tmp_path, "-p", "hi"], monkeypatch, capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "holds an encoder (bert), which cannot generate text" in err
+
+
+def test_a_hub_model_without_tokenizer_says_where_it_looked(model_dir, tmp_path, monkeypatch, capsys):
+    from rafale.models import checkpoint
+
+    download = tmp_path / "snapshot"
+    download.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (download / name).write_bytes((model_dir / name).read_bytes())
+    monkeypatch.setattr(checkpoint, "download", lambda repo_id: download)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(["someone/tiny-model", "-p", "hi"], monkeypatch, capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "someone/tiny-model: the hub repository has no tokenizer.json" in err and str(download) in err
+
+
+def test_small_models_decode_on_one_thread(model_dir):
+    from rafale.models.generate import decoding_threads
+
+    assert decoding_threads(from_pretrained(model_dir)) == 1
+
+
 def test_stop_strings_and_eos_end_a_completion_where_expected(model_dir):
     model, tok = from_pretrained(model_dir), load_tokenizer(model_dir / "tokenizer.json")
     free = generate_texts(model, tok, ["The fox", "One day"], 12)

@@ -101,12 +101,16 @@ def test_sequence_longer_than_max_seq_len_is_refused():
 
 def test_partial_rope_leaves_the_tail_alone():
     config = DecoderConfig(n_embd=64, n_head=4, rotary_pct=0.25)
-    cos, sin = rope_tables(config)
-    assert cos.shape == (2048, 4)
+    cos, sin, perm = rope_tables(config)
+    assert cos.shape == (2048, 16)
     x = torch.randn(1, 4, 3, 16)
-    out = apply_rope(x, cos[:3], sin[:3])
+    out = apply_rope(x, cos[:3], sin[:3], perm)
     torch.testing.assert_close(out[..., 4:], x[..., 4:], rtol=0, atol=0)
     torch.testing.assert_close(out[:, :, 0], x[:, :, 0], rtol=0, atol=0)  # position 0: no rotation
+    # bit for bit the "rotate half" formula of transformers' GPT-NeoX, on the first 4 dims
+    c, s = cos[:3, :4], -sin[:3, :2].repeat(1, 2)
+    x1, x2 = x[..., :2], x[..., 2:4]
+    torch.testing.assert_close(out[..., :4], x[..., :4] * c + torch.cat((-x2, x1), dim=-1) * s, rtol=0, atol=0)
 
 
 def test_meta_device_build_allocates_nothing():
