@@ -100,6 +100,8 @@ CASES = [
     C("weights-truncated", f"{RUN} model.weights=truncated_model", "model.safetensors"),
     C("weights-bad-config-json", f"{RUN} model.weights=badjson_model", "config.json"),
     # ---- run directory ------------------------------------------------------------------------------
+    C("run-force-with-missing-source", f"{RUN} run.name=finished data.source=nowhere.txt", "nowhere.txt",
+      env={"FORCE": "1"}),  # the finished run is not deleted for a run that cannot start
     C("run-finished-without-force", f"{RUN} run.name=finished", "already finished; FORCE=1"),
     C("run-resume-changed-config", f"{RUN} run.name=halfway optim.lr=1e-3", "cannot resume: the config changed in optim.lr"),
     C("run-resume-corrupt-checkpoint", f"{RUN} run.name=corrupt", "the checkpoint is unreadable (it is truncated or corrupted); FORCE=1"),

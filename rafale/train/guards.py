@@ -90,16 +90,9 @@ def check_writable(path: Path, what: str, key: str) -> Path:
     return base
 
 
-def _source_bytes(cfg) -> int:
-    """The size of the data source on disk (0 when unknown: the embedded corpus, a hub dataset)."""
-    total = 0
-    for part in str(cfg.data.source).split(","):
-        p = Path(part.strip()).expanduser()
-        if p.is_file():
-            total += p.stat().st_size
-        elif p.is_dir():
-            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    return total
+def _source_bytes(fingerprint: dict) -> int:
+    """The size of the data source's files (0 when unknown: the embedded corpus, a hub dataset)."""
+    return sum(os.path.getsize(f[0]) for f in fingerprint.get("files", []) if os.path.isfile(f[0]))
 
 
 def estimate_checkpoint_bytes(cfg) -> int:
@@ -163,16 +156,18 @@ def check_data(cfg, data) -> None:
 
 def preflight(cfg) -> None:
     """Fail before any data work when the run directory or the cache cannot be written or has no room."""
+    from rafale.data import sources
     from rafale.data.cache import cache_root
 
     check_settings(cfg)
+    fingerprint = sources.fingerprint(cfg.data)  # a missing source fails here, before FORCE=1 removes a run
 
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     run_base = check_writable(run_dir, "the run directory", "run.output_dir")
     cache = cache_root() / "data"
     cache_base = check_writable(cache, "the data cache", "RAFALE_CACHE")
     need_ckpt = estimate_checkpoint_bytes(cfg)
-    need_cache = _source_bytes(cfg)  # tokens take about as many bytes as the text they come from
+    need_cache = _source_bytes(fingerprint)  # tokens take about as many bytes as the text they come from
     same_disk = os.stat(run_base).st_dev == os.stat(cache_base).st_dev
     needs = {run_base: need_ckpt + (need_cache if same_disk else 0)}
     if not same_disk:
