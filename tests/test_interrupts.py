@@ -197,3 +197,29 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(work):
     with torch.serialization.safe_globals(guards.checkpoint_safe_globals()):
         state = torch.load(good, weights_only=True)
     assert all(torch.isfinite(t).all() for t in state["state"]["model"].values())
+
+
+def test_a_checkpoint_write_cut_short_leaves_no_file_under_its_name(tmp_path, monkeypatch):
+    """A full disk (or a kill) while Composer writes a checkpoint: the name only ever holds a whole file."""
+    import errno
+
+    import torch
+    from composer.utils import checkpoint as ck
+
+    from rafale.train import guards
+
+    guards.harden_composer()
+    target = tmp_path / "ep0-ba8-rank0.pt"
+
+    def disk_full(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ck._write_checkpoint_file({"x": 1}, str(target))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    ck._write_checkpoint_file({"x": torch.ones(2)}, str(target))
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert torch.load(target, weights_only=True)["x"].sum() == 2
