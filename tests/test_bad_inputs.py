@@ -288,3 +288,33 @@ def test_verbose_anywhere_adds_the_traceback(w, how):
     assert p.returncode == 2
     assert "Traceback" in p.stderr and "ConfigError" in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+VERBOSE = ["config-unknown-key", "run-output-dir-read-only", "generate-missing-dir", "cli-cache-clear-unknown",
+           "cli-plot-missing-run", "cli-export-missing-source", "cli-unknown-option"]
+
+
+@pytest.mark.parametrize("how", ["--verbose", "RAFALE_DEBUG"])
+@pytest.mark.parametrize("case", [c for c in CASES if c.values[0].id in VERBOSE])
+def test_every_command_shows_the_traceback_when_asked(case: Case, how, w, monkeypatch, capsys, restore_signals):
+    """In this process, one mistake per subcommand: the traceback, then the same error line, still exit 2."""
+    from rafale import cli
+
+    monkeypatch.chdir(w)
+    for k in ("DATA", "DEBUG", "FORCE", "RAFALE_DEBUG"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("RAFALE_MALLOC", "0")
+    monkeypatch.setenv("RAFALE_CACHE", str(w / "cache"))
+    argv = [a.format(w=w) for a in case.argv]
+    if how == "--verbose":
+        argv.append("--verbose")  # at the end of the line, after the command's own arguments
+    else:
+        monkeypatch.setenv("RAFALE_DEBUG", "1")
+    monkeypatch.setattr(sys, "argv", ["rafale", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    _, err = capsys.readouterr()
+    assert exit_.value.code == 2
+    assert "Traceback (most recent call last)" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and case.needle in last
