@@ -281,7 +281,9 @@ def checkpoint_safe_globals() -> list:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct
-    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    # numeric dtypes only (the RNG states): never object arrays, whose items are arbitrary objects
+    not_numeric = {"ObjectDType", "VoidDType", "StrDType", "BytesDType", "StringDType"}
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n not in not_numeric]
     return [datetime.timedelta, torch.torch_version.TorchVersion, _reconstruct, np.ndarray, np.dtype, *dtypes]
 
 
