@@ -223,30 +223,107 @@ def _tune_malloc() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
+def _error(where: str, message: str) -> None:
+    """The one line a user mistake prints: `error: <where>: <what>; <what to do>` (no markup parsing)."""
+    from rich.text import Text
+
+    line = (f"{where}: {message}" if where else message).replace("\n", "; ")
+    err_console.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (a scheduler's stop, `kill`) takes the same paths as Ctrl-C: caches stay consistent, a
+    training run saves a checkpoint and says how to resume (rafale/train/guards.py)."""
+    import signal
+
+    from rafale.errors import Interrupted
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# OS errors that are the user's environment, not a bug: printed as one line, exit 2
+_USER_OS_ERRORS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM"}
+
+
+def _click_errors() -> tuple[tuple, tuple, tuple]:
+    """(usage errors, errors, aborts) of click and of the copy of click that typer >= 0.29 carries."""
+    import click
+
+    usage, errors, aborts = [click.UsageError], [click.ClickException], [click.exceptions.Abort]
+    try:
+        from typer._click import exceptions as tc
+
+        usage.append(tc.UsageError)
+        errors.append(tc.ClickException)
+    except ImportError:
+        pass
+    if hasattr(typer, "Abort"):
+        aborts.append(typer.Abort)
+    return tuple(usage), tuple(errors), tuple(aborts)
+
+
+def _invoke(args: list[str]) -> int:
+    """Run the command line as typer's own main would, but let KeyboardInterrupt (and its SIGTERM form)
+    through: typer's main turns it into a bare exit code 130, losing which signal it was."""
+    from typer.main import get_command
+
+    exits = tuple({typer.Exit, *(c for c in [getattr(__import__("click").exceptions, "Exit", None)] if c)})
+    cmd = get_command(app)
+    try:
+        with cmd.make_context("rafale", list(args)) as ctx:
+            rv = cmd.invoke(ctx)
+    except exits as e:
+        return e.exit_code
+    return rv if isinstance(rv, int) else 0
+
+
 def main() -> None:
+    import errno
+
+    usage_errors, click_errors, aborts = _click_errors()
+
     _tune_malloc()
     verbose = "--verbose" in sys.argv or _flag("RAFALE_DEBUG")
-    if "--verbose" in sys.argv:
-        sys.argv.remove("--verbose")
-    try:
-        code = app(standalone_mode=False)
-    except RafaleError as e:
+    sys.argv[:] = [a for a in sys.argv if a != "--verbose"]  # accepted anywhere on the line
+    _sigterm_as_interrupt()
+
+    def traceback_if_verbose():
         if verbose:
             import traceback
 
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    except Exception as e:  # click's own usage errors carry their exit code
-        import click
 
-        if isinstance(e, click.ClickException):
+    try:
+        code = _invoke(sys.argv[1:])
+    except RafaleError as e:
+        traceback_if_verbose()
+        _error("", str(e))
+        sys.exit(2)
+    except (KeyboardInterrupt, *aborts) as e:  # Ctrl-C or SIGTERM (click turns them into Abort)
+        traceback_if_verbose()
+        cause = e if isinstance(e, KeyboardInterrupt) else (e.__cause__ or e.__context__)
+        signum = getattr(cause, "signum", 2)
+        err_console.print(f"interrupted ({'SIGTERM' if signum == 15 else 'Ctrl-C'})", highlight=False)
+        sys.exit(128 + signum)
+    except click_errors as e:  # a bad command-line argument: one line too
+        if type(e).__name__ == "NoArgsIsHelpError":  # `rafale` or `rafale cache` alone: the help
             e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+            sys.exit(0)
+        traceback_if_verbose()
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "rafale"
+        hint = f"; see '{where} --help'" if isinstance(e, usage_errors) else ""
+        _error(where, e.format_message().strip().rstrip(".") + hint)
+        sys.exit(e.exit_code)
+    except OSError as e:
+        if errno.errorcode.get(e.errno) not in _USER_OS_ERRORS:
+            raise
+        traceback_if_verbose()
+        _error(str(e.filename or ""), f"{e.strerror}; free some space or choose a writable directory "
+                                    f"(run.output_dir, RAFALE_CACHE)")
+        sys.exit(2)
     sys.exit(code or 0)

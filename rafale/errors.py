@@ -5,6 +5,10 @@ The CLI prints its message as one line and exits with code 2, without a tracebac
 and keeps its traceback.
 
 Messages follow one shape: "<where>: <what is wrong>; <what was expected or what to do>".
+
+Exit codes of the CLI: 0 success; 1 a bug (with its traceback) or a failed DEBUG=1 verdict; 2 a RafaleError
+(including a training loss that became NaN/Inf: rafale/train/guards.py) or a bad command-line argument;
+130 / 143 interrupted by SIGINT / SIGTERM (after saving what could be saved).
 """
 
 
@@ -26,3 +30,14 @@ class ModelError(RafaleError):
 
 class RunStateError(RafaleError):
     """A run directory in a state that forbids the action (finished run without FORCE=1, ...)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM (not a user mistake). A KeyboardInterrupt, so every cleanup path that handles Ctrl-C
+    also handles SIGTERM. The CLI exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int = 2):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -73,7 +73,8 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "tokenizer.json"
-    if not path.is_file() and not path.parent.exists() and _HUB_ID.match(given):
+    # a path that names a file (tokenizer.json) is a path, never a hub id: no network call for a typo
+    if not path.is_file() and not path.parent.exists() and _HUB_ID.match(given) and not given.endswith(".json"):
         path = _from_hub(given)
     if not path.is_file():
         raise DataError(f"data.tokenizer.path: {path} does not exist; expected a tokenizer.json file, "

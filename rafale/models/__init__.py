@@ -21,7 +21,7 @@ import torch
 
 from rafale.errors import ModelError
 from rafale.models import encoder_weights, weights
-from rafale.models.checkpoint import LoadReport, checkpoint_name, locate, read_hf_config
+from rafale.models.checkpoint import LoadReport, check_hf_weights, checkpoint_name, locate, read_hf_config
 from rafale.models.decoder import Decoder, DecoderConfig, KVCache
 from rafale.models.encoder import Encoder, EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
 from rafale.models.encoder_weights import export_hf_encoder, load_hf_encoder
@@ -90,11 +90,14 @@ def resolve_model_config(name: str, weights_path=None, **overrides) -> DecoderCo
         config = get_config(name, **overrides)
         if weights_path is not None:
             path = locate(weights_path)
+            check_hf_weights(path)
             check_same_shapes(config, config_from_weights(path), path)
         return config
     if weights_path is None:
         raise ModelError(f"model.config: {FROM_WEIGHTS} needs model.weights (a model dir, a run dir or a hub id)")
-    config = config_from_weights(locate(weights_path))
+    path = locate(weights_path)
+    check_hf_weights(path)
+    config = config_from_weights(path)
     fields = sorted(f.name for f in dataclasses.fields(config))
     unknown = sorted(set(overrides) - set(fields))
     if unknown:

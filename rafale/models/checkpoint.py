@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from rafale.errors import ModelError
@@ -142,6 +142,30 @@ def read_safetensors(file: Path) -> dict:
     except (SafetensorError, OSError) as e:
         raise ModelError(f"{file}: not a readable safetensors file ({e}); was the download or copy cut "
                          f"short?") from None
+
+
+def check_hf_weights(path: Path) -> None:
+    """Fail fast, before any data work, on an HF-layout dir whose weights rafale cannot read: no safetensors
+    (pickles are named as such), a missing shard, a file whose header does not parse or whose data is cut
+    short. Reads only the headers.
+    """
+    path = Path(path)
+    files = [path / "model.safetensors"]
+    if not files[0].is_file():
+        index = path / "model.safetensors.index.json"
+        if not index.is_file():
+            read_hf_weights(path)  # raises the error that names what is there instead
+        weight_map = read_json(index).get("weight_map")
+        files = [path / shard for shard in sorted(set(weight_map.values()))] if isinstance(weight_map, dict) else []
+        if not files or not all(f.is_file() for f in files):
+            read_hf_weights(path)
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as f:  # checks the header covers the file: no cut-short data
+                f.keys()
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"{file}: not a readable safetensors file ({e}); was the download or copy cut "
+                             f"short?") from None
 
 
 def read_hf_weights(path: Path) -> dict:

@@ -68,7 +68,7 @@ def packed_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, segmen
     cos, sin = model.rope_cos[:T, None].to(x.dtype), model.rope_sin[:T, None].to(x.dtype)  # (T, 1, rd)
     mask = packed_mask(segment_ids)
     for block in model.blocks:
-        x = block(x, cos, sin, mask, None)
+        x = block(x, (cos, sin, model.rope_perm), mask, None)
     return model.norm(x)
 
 

@@ -8,6 +8,7 @@ checkpoint when started again with a compatible config.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -30,6 +31,7 @@ from rafale.data.cache import write_json
 from rafale.data.prepare import PreparedData, prepare
 from rafale.errors import RunStateError
 from rafale.train import callbacks as cb
+from rafale.train import guards
 from rafale.train import mfu
 from rafale.train.trainer import build_model, build_trainer, num_params, preflight, resolve_device, resolve_precision
 
@@ -141,10 +143,17 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
     """Train as `cfg` says (or, with debug, overfit one batch). Returns the process exit code."""
     console = console or Console()
     rank0 = dist.get_global_rank() == 0
+    guards.handle_signals()  # after Composer's import, which replaces the SIGINT/SIGTERM handlers
     # pre-flight: a bad model name or checkpoint, pipeline, block size or run state fails before any data work
     preflight(cfg)
+    if not debug:
+        guards.preflight(cfg)  # writable run dir and cache, room on their disks (before FORCE deletes anything)
     rd = None if debug else open_run_dir(cfg, force)
+    if rd is not None:
+        guards.check_checkpoint(rd)  # a truncated checkpoint fails before anything is written
     data = prepare(cfg.data, console=console if rank0 else Console(quiet=True))
+    if not debug:
+        guards.check_data(cfg, data)  # before the run directory is written
     model, report = build_model(cfg, data)
     if report is not None and report.initialized and rank0:
         console.print(f"[yellow]model.weights {cfg.model.weights} has no {report.head} head[/]; initialised "
@@ -172,6 +181,8 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         fpt, peak = _flops(cfg, model)
         callbacks.append(cb.MetricsFile(rd.path / "metrics.jsonl", stats, _batches(cfg.run.log_interval), fpt,
                                         peak * dist.get_world_size() if peak else None))
+    callbacks.append(guards.Guard(rd.checkpoints, cfg))  # SIGINT/SIGTERM -> checkpoint; NaN/Inf loss -> stop
+    guards.harden_composer()  # atomic checkpoint writes; weights_only loading
     try:
         trainer = build_trainer(cfg, model, data, save_folder=str(rd.checkpoints), callbacks=callbacks,
                                 load_path=str(rd.resume_from) if rd.resume_from else None,
@@ -181,19 +192,37 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
             raise
         # the checkpoint is kept as it is: it may be worth inspecting, and it is the user's to delete
         raise RunStateError(f"{rd.resume_from}: cannot resume {rd.path}: the checkpoint is unreadable "
-                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
+                            f"({guards.describe_checkpoint_error(rd.resume_from, e)}); "
                             f"FORCE=1 starts the run over, or point checkpoints/{LATEST} at an older "
                             f"checkpoint") from e
     try:
         trainer.fit()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (rafale/train/guards.py): save, mark, say how to resume
+        if progress:
+            progress.stop()
+        saved = guards.saved_on_interrupt(trainer, rd.checkpoints) if getattr(e, "at_batch_end", False) else None
+        if rank0:
+            step = trainer.state.timestamp.batch.value
+            latest = saved or guards.latest_checkpoint(rd.checkpoints)
+            write_manifest(rd, cfg, data, "interrupted", interrupted_at_step=step,
+                           resume_checkpoint=str(latest) if latest else None)
+            console.print(f"interrupted at step {step}; "
+                          + (f"saved checkpoint {saved}" if saved else f"latest checkpoint: {latest or 'none yet'}")
+                          + f"\nresume with: {guards.resume_command()}", highlight=False, markup=False)
+        raise
+    except guards.TrainingDiverged:
         if progress:
             progress.stop()
         if rank0:
-            write_manifest(rd, cfg, data, "interrupted")
-            console.print(f"[yellow]interrupted[/]; run the same command again to resume from the latest "
-                          f"checkpoint in {rd.checkpoints}")
+            write_manifest(rd, cfg, data, "diverged", diverged_at_step=trainer.state.timestamp.batch.value)
         raise
+    except OSError as e:  # a full disk while checkpointing: the checkpoint files are written atomically
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        latest = guards.latest_checkpoint(rd.checkpoints)
+        raise RunStateError(f"{rd.checkpoints}: no space left on the device while saving; the latest complete "
+                            f"checkpoint is {latest or 'none'}; free some space and run the same command to "
+                            f"resume") from e
     finally:
         trainer.close()
     if not rank0:
