@@ -21,15 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from micro import MICRO
+
 ROOT = Path(__file__).resolve().parents[1]
-MICRO = """
-run: {name: micro, seed: 1, max_duration: 16ba, eval_interval: 8ba, save_interval: 8ba, log_interval: 4ba,
-      sample_tokens: 8, output_dir: runs}
-optim: {lr: 3.0e-3, warmup: 2ba}
-model: {config: pythia-14m, overrides: {n_layer: 2, n_embd: 64}}
-data: {source: "synthetic:stories", max_documents: 300, tokenizer: {train: {vocab_size: 512}},
-       block_size: 64, train_batch_size: 8, eval_batch_size: 8, eval_split: 0.05}
-"""
 SENTENCES = ["Once upon a time there was a little fox.", "The fox liked to run in the green forest.",
              "One day the fox met a bear who was very hungry.", "They became friends and shared their food."] * 5
 
