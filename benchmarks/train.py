@@ -90,6 +90,7 @@ def composer_step(vocab: int, n_batches: int):
     from composer.core import Callback
 
     from rafale.config import config_from_dict
+    from rafale.data import causal_lm
     from rafale.train.trainer import build_trainer
 
     class Blocks(torch.utils.data.Dataset):
@@ -102,10 +103,16 @@ def composer_step(vocab: int, n_batches: int):
         def __getitem__(self, i):
             return self.rows[i]  # rafale's collate stacks token blocks
 
-    class Data:
+    class Data:  # what the trainer builder reads of a PreparedData: causal_lm blocks, no eval split
+        meta = {"pipeline": "causal_lm"}
+
         @staticmethod
-        def blocks(split):
+        def dataset(split):
             return Blocks(_batches(vocab, n_batches)) if split == "train" else None
+
+        @staticmethod
+        def collator():
+            return causal_lm.collate
 
     class Timer(Callback):
         def __init__(self):

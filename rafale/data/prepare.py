@@ -45,10 +45,10 @@ class PreparedData:
         return pipeline_module(self.meta["pipeline"]).dataset(self.path, self.meta, split)
 
     def blocks(self, split: str):
-        """The causal_lm training blocks (what rafale/train uses)."""
+        """The causal_lm split as token blocks (a TokenBlocks memory map); other pipelines use dataset()."""
         if self.meta["pipeline"] != "causal_lm":
-            raise ConfigError(f"data.pipeline: {self.meta['pipeline']!r} data is prepared in {self.path}, but "
-                              f"training is wired for causal_lm only so far; use DATA=1 to prepare it")
+            raise ConfigError(f"data.pipeline: {self.meta['pipeline']!r} data in {self.path} has examples, not "
+                              f"causal_lm blocks; use dataset({split!r})")
         return self.dataset(split)
 
     def collator(self, **kwargs):

@@ -1,0 +1,39 @@
+"""The benchmark scripts still run against the code they measure: each, at its smallest size, prints one
+JSON line with its figures. Only that they run and what they report is checked here, never a speed."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(script: str, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_train_benchmark_compares_three_ways():
+    line = bench("train.py", "--steps", "1", "--warmup", "0", "--vocabs", "512")
+    for run in ("tuned", "untuned"):  # with and without the CLI's malloc tuning
+        for way in ("composer", "plain", "hf"):
+            assert line[run][f"{way}_512_tok_s"] > 0
+    assert set(line["ratio_512"]) == {"composer_vs_plain", "composer_vs_hf", "malloc_tuning_composer"}
+
+
+@pytest.mark.parametrize("script,args,keys", [
+    ("datapipe.py", ["--mb", "0.3"], ["naive_tok_s", "encode_batch_tok_s", "rafale_tok_s", "rafale_peak_rss_mb"]),
+    ("generate.py", ["--repeats", "1"], ["b1", "b8"]),
+])
+def test_benchmark_prints_its_figures(script, args, keys):
+    line = bench(script, *args)
+    assert all(key in line for key in keys), line
+    if script == "generate.py":
+        assert line["b1"]["same_tokens"] and line["b8"]["same_tokens"]
