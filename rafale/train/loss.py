@@ -33,13 +33,16 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             t = safe_targets[start : start + rows_per_chunk]
             v = valid[start : start + rows_per_chunk]
             logits = (h @ weight.t()).to(acc)  # (n, V)
-            lse = torch.logsumexp(logits, dim=-1)
             target_logit = logits.gather(1, t[:, None]).squeeze(1)
+            row_max = logits.amax(dim=-1, keepdim=True)
+            exps = logits.sub_(row_max).exp_()  # in place: one pass of exp serves the loss and the gradient
+            sums = exps.sum(dim=-1)
+            lse = row_max.squeeze(1) + sums.log()
             loss += ((lse - target_logit) * v).sum()
             if with_grad:
-                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-                probs.scatter_add_(1, t[:, None], -v[:, None].to(probs.dtype))
-                probs.mul_((v.to(probs.dtype) / n_valid)[:, None])  # d(mean loss)/d(logits)
+                scale = v.to(acc) / n_valid  # d(mean loss)/d(row loss): 0 for ignored rows
+                probs = exps.mul_((scale / sums)[:, None])  # softmax, scaled
+                probs.scatter_add_(1, t[:, None], -scale[:, None])  # minus one-hot: d(mean loss)/d(logits)
                 g = probs.to(h.dtype)
                 grad_h[start : start + rows_per_chunk] = g @ weight
                 grad_w.addmm_(g.t().to(acc), h.to(acc))  # no copies when already in acc
