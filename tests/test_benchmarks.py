@@ -25,7 +25,8 @@ def test_train_benchmark_compares_three_ways():
     for run in ("tuned", "untuned"):  # with and without the CLI's malloc tuning
         for way in ("composer", "plain", "hf"):
             assert line[run][f"{way}_512_tok_s"] > 0
-    assert set(line["ratio_512"]) == {"composer_vs_plain", "composer_vs_hf", "malloc_tuning_composer"}
+    assert set(line["ratio_512"]) == {"composer_vs_plain", "composer_vs_hf", "composer_vs_hf_default_malloc",
+                                      "malloc_tuning_composer"}
 
 
 @pytest.mark.parametrize("script,args,keys", [
