@@ -19,13 +19,3 @@ def rafale_env(tmp_path_factory) -> dict:
     env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")  # identical threads for every run compared
     return env
 
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked slow here (torchrun with two processes, ~1 min) run only with `-m slow`."""
-    if "slow" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    here = os.path.dirname(__file__)
-    for item in items:
-        if "slow" in item.keywords and str(item.fspath).startswith(here):
-            item.add_marker(skip)
