@@ -10,7 +10,7 @@ A pythia-14m-shaped model (hidden 128, 6 layers, 4 heads, seq 256, batch 8, fp32
 
 Each row is measured twice, in fresh subprocesses: with the glibc malloc tuning the CLI applies at start
 (rafale.cli._tune_malloc) and without it (RAFALE_MALLOC=0). MFU uses rafale.train.mfu's FLOPs per token
-against a measured fp32 2048x2048 matmul peak.
+against a measured fp32 1024x1024 matmul peak.
 
     PYTHONPATH=$PWD python benchmarks/train.py [--steps 6] [--warmup 2] [--vocabs 8192,50304]
 """
