@@ -136,58 +136,36 @@ def read_hf_config(path: Path) -> dict:
     return read_json(path / "config.json")
 
 
+def unreadable(file: Path, e: BaseException) -> ModelError:
+    return ModelError(f"{file}: not a readable safetensors file ({e}); was the download or copy cut short?")
+
+
 def read_safetensors(file: Path) -> dict:
     try:
         return load_file(file)
     except (SafetensorError, OSError) as e:
-        raise ModelError(f"{file}: not a readable safetensors file ({e}); was the download or copy cut "
-                         f"short?") from None
+        raise unreadable(file, e) from None
 
 
-def check_hf_weights(path: Path) -> None:
-    """Fail fast, before any data work, on an HF-layout dir whose weights rafale cannot read: no safetensors
-    (pickles are named as such), a missing shard, a file whose header does not parse or whose data is cut
-    short. Reads only the headers.
-    """
-    path = Path(path)
-    files = [path / "model.safetensors"]
-    if not files[0].is_file():
-        index = path / "model.safetensors.index.json"
-        if not index.is_file():
-            read_hf_weights(path)  # raises the error that names what is there instead
-        weight_map = read_json(index).get("weight_map")
-        files = [path / shard for shard in sorted(set(weight_map.values()))] if isinstance(weight_map, dict) else []
-        if not files or not all(f.is_file() for f in files):
-            read_hf_weights(path)
-    for file in files:
-        try:
-            with safe_open(file, framework="pt") as f:  # checks the header covers the file: no cut-short data
-                f.keys()
-        except (SafetensorError, OSError) as e:
-            raise ModelError(f"{file}: not a readable safetensors file ({e}); was the download or copy cut "
-                             f"short?") from None
-
-
-def read_hf_weights(path: Path) -> dict:
-    """All tensors of an HF-layout dir: model.safetensors, or the shards listed in model.safetensors.index.json.
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of an HF-layout dir: model.safetensors, or the shards model.safetensors.index.json lists.
 
     Raises:
-        ModelError: no safetensors weights (pickles are named as such), a missing shard, an unreadable file.
+        ModelError: no safetensors weights (pickles are named as such), a bad index, a missing shard.
     """
     path = Path(path)
     if (path / "model.safetensors").is_file():
-        return read_safetensors(path / "model.safetensors")
+        return [path / "model.safetensors"]
     index = path / "model.safetensors.index.json"
     if index.is_file():
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ModelError(f"{index}: no 'weight_map' object; expected a safetensors shard index")
-        tensors = {}
-        for shard in sorted(set(weight_map.values())):
+        shards = sorted(set(weight_map.values()))
+        for shard in shards:
             if not (path / shard).is_file():
                 raise ModelError(f"{index}: lists shard {shard!r}, which is not in {path}")
-            tensors.update(read_safetensors(path / shard))
-        return tensors
+        return [path / shard for shard in shards]
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
         raise ModelError(
             f"{path}: only pickle weights (*.bin/*.pt), no safetensors ({listing(path)}); rafale reads safetensors "
@@ -195,6 +173,26 @@ def read_hf_weights(path: Path) -> dict:
         )
     raise ModelError(f"{path}: no model.safetensors or model.safetensors.index.json ({listing(path)}); "
                      f"rafale reads safetensors weights only")
+
+
+def check_hf_weights(path: Path) -> None:
+    """Fail fast, before any data work, on an HF-layout dir whose weights rafale cannot read (see
+    weight_files), or whose files have a header that does not parse or data cut short. Reads only headers.
+    """
+    for file in weight_files(path):
+        try:
+            with safe_open(file, framework="pt") as f:  # checks the header covers the file: no cut-short data
+                f.keys()
+        except (SafetensorError, OSError) as e:
+            raise unreadable(file, e) from None
+
+
+def read_hf_weights(path: Path) -> dict:
+    """All tensors of an HF-layout dir (see weight_files for the errors it raises)."""
+    tensors = {}
+    for file in weight_files(path):
+        tensors.update(read_safetensors(file))
+    return tensors
 
 
 def map_key(key: str, name_map: dict) -> Optional[str]:
