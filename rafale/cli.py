@@ -32,6 +32,9 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+CONFIG_SECTIONS = ("run.", "optim.", "model.", "data.", "logging.")
+
+
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
@@ -48,15 +51,20 @@ def run(
     from rafale.config import load_config
 
     cfg = load_config(config, overrides or [])  # before the heavy imports: config errors come back fast
-    if data_only or _flag("DATA"):
-        from rafale.data.causal_lm import prepare
+    try:
+        if data_only or _flag("DATA"):
+            from rafale.data.prepare import prepare
 
-        prepare(cfg.data, console=console)
-        raise typer.Exit(0)
-    from rafale.train.run import run as run_experiment
+            prepare(cfg.data, console=console)
+            raise typer.Exit(0)
+        from rafale.train.run import run as run_experiment
 
-    raise typer.Exit(run_experiment(cfg, debug=debug or _flag("DEBUG"), force=force or _flag("FORCE"),
-                                    console=console))
+        code = run_experiment(cfg, debug=debug or _flag("DEBUG"), force=force or _flag("FORCE"), console=console)
+    except RafaleError as e:
+        if str(e).startswith(CONFIG_SECTIONS):  # a config key without its file: name the file too
+            raise type(e)(f"{cfg.source_path}: {e}") from e
+        raise
+    raise typer.Exit(code)
 
 
 def _decoder_dir_and_tokenizer(path: Path):
@@ -170,6 +178,8 @@ def cache_clear(
         raise RafaleError("cache clear: give one entry name or --all")
     removed = clear(None if all_ else name)
     console.print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}")
+
+
 @app.command()
 def plot(
     runs: List[Path] = typer.Argument(..., help="One or more run directories; their curves are overlaid."),

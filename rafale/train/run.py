@@ -33,7 +33,7 @@ from rafale.errors import RunStateError
 from rafale.train import callbacks as cb
 from rafale.train import guards
 from rafale.train import mfu
-from rafale.train.trainer import build_model, build_trainer, num_params, preflight, resolve_device, resolve_precision
+from rafale.train.trainer import build_model, build_trainer, check_model, num_params, resolve_device, resolve_precision
 
 # Keys a resumed run may change: they do not alter what the checkpoint means.
 RESUMABLE_CHANGES = ("run.max_duration", "run.eval_interval", "run.save_interval", "run.log_interval",
@@ -145,7 +145,7 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
     rank0 = dist.get_global_rank() == 0
     guards.handle_signals()  # after Composer's import, which replaces the SIGINT/SIGTERM handlers
     # pre-flight: a bad model name or checkpoint, pipeline, block size or run state fails before any data work
-    preflight(cfg)
+    check_model(cfg)
     if not debug:
         guards.preflight(cfg)  # writable run dir and cache, room on their disks (before FORCE deletes anything)
     rd = None if debug else open_run_dir(cfg, force)

@@ -71,7 +71,7 @@ def check_pipeline(cfg: Config, mc) -> None:
                           f"the pipeline")
 
 
-def preflight(cfg: Config) -> None:
+def check_model(cfg: Config) -> None:
     """Everything about the model that can fail before any data work: name, checkpoint, pipeline, block size."""
     if cfg.model.hf is not None:
         if cfg.data.pipeline not in DECODER_PIPELINES:

@@ -20,7 +20,7 @@ from rafale.config import config_from_dict
 from rafale.errors import ConfigError, ModelError
 from rafale.models import Decoder, export_model, from_pretrained, get_config, model_from_config
 from rafale.train.composer_lm import ComposerLM, packed_hidden_states
-from rafale.train.trainer import preflight
+from rafale.train.trainer import check_model
 from train_helpers import MICRO, ROOT, run_rafale, train_losses
 
 CONFIGS = ROOT / "configs"
@@ -148,8 +148,8 @@ def test_preflight_refuses_a_registry_entry_that_does_not_match_the_checkpoint(t
     ckpt = export_model(_tiny_decoder(), tmp_path / "pythia-tiny")
     with pytest.raises(ModelError, match=r"x.yaml: model.config 'pythia-14m' does not match .*n_embd 128 vs 32.*"
                                          r"from_weights"):
-        preflight(config_from_dict({"model": {"weights": str(ckpt)}}, source="x.yaml"))
-    preflight(config_from_dict({"model": {"config": "from_weights", "weights": str(ckpt)}}, source="x.yaml"))
+        check_model(config_from_dict({"model": {"weights": str(ckpt)}}, source="x.yaml"))
+    check_model(config_from_dict({"model": {"config": "from_weights", "weights": str(ckpt)}}, source="x.yaml"))
 
 
 def test_model_hf_trains_a_transformers_gpt_neox_and_generates(rafale_env, tmp_path):
@@ -171,6 +171,6 @@ def test_model_hf_trains_a_transformers_gpt_neox_and_generates(rafale_env, tmp_p
 def test_model_hf_refuses_an_encoder_pipeline(tmp_path):
     cfg = config_from_dict({"model": {"hf": str(tmp_path)}, "data": {"pipeline": "mlm"}}, source="x.yaml")
     with pytest.raises(ConfigError, match=r"x.yaml: data.pipeline: 'mlm' with model.hf; .*causal_lm, sft"):
-        preflight(cfg)
+        check_model(cfg)
     with pytest.raises(ConfigError, match=r"model.weights: .* with model.hf"):
         config_from_dict({"model": {"hf": "x", "weights": "y"}})
