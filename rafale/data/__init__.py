@@ -11,3 +11,5 @@
     examples.py        the .npy row format shared by sft and classification
     synthetic.py       the embedded story corpus (no network)
 """
+
+IGNORE_INDEX = -100  # a label position that counts in no loss and no metric (prompts, padding, unmasked mlm)
