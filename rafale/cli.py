@@ -24,6 +24,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from rafale import signals
 from rafale.errors import RafaleError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -241,20 +242,6 @@ def _error(where: str, message: str) -> None:
     err_console.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
 
 
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM (a scheduler's stop, `kill`) takes the same paths as Ctrl-C: caches stay consistent, a
-    training run saves a checkpoint and says how to resume (rafale/train/guards.py)."""
-    import signal
-
-    from rafale.errors import Interrupted
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 # OS errors that are the user's environment, not a bug: printed as one line, exit 2
 _USER_OS_ERRORS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM"}
 
@@ -299,7 +286,7 @@ def main() -> None:
     _tune_malloc()
     verbose = "--verbose" in sys.argv or _flag("RAFALE_DEBUG")
     sys.argv[:] = [a for a in sys.argv if a != "--verbose"]  # accepted anywhere on the line
-    _sigterm_as_interrupt()
+    signals.install()  # SIGTERM (a scheduler's stop, `kill`) takes the same paths as Ctrl-C
 
     def traceback_if_verbose():
         if verbose:

@@ -174,8 +174,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); expected a YAML config") from None
-    if raw is None:
-        raw = {}
+    if raw is None:  # a zero-byte file, or only comments: a mistake, not "train the defaults"
+        raise ConfigError(f"{path}: the file is empty; expected a YAML config with sections run, optim, model, "
+                          f"data, logging (see configs/quickstart.yaml)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (run, optim, model, data, logging), "
                           f"got {type(raw).__name__}")
@@ -233,8 +234,9 @@ def _apply_overrides(raw: dict, overrides, errors: list[str]) -> dict:
 
 def _build(cls, raw: Any, prefix: str, errors: list[str]):
     """Turn a dict into dataclass `cls`, recording (not raising) every problem."""
-    if raw is None:
-        raw = {}
+    if raw is None:  # a zero-byte file, or only comments: a mistake, not "train the defaults"
+        raise ConfigError(f"{path}: the file is empty; expected a YAML config with sections run, optim, model, "
+                          f"data, logging (see configs/quickstart.yaml)")
     if not isinstance(raw, dict):
         errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_show(raw)}")
         return cls()
@@ -256,6 +258,8 @@ def _build(cls, raw: Any, prefix: str, errors: list[str]):
 
 def _convert(tp, value, dotted: str, errors: list[str]) -> tuple[bool, Any]:
     origin = typing.get_origin(tp)
+    if tp is TokenizerConfig and isinstance(value, str):  # `tokenizer: path/to/tokenizer.json` is the short form
+        value = {"path": value}
     if dataclasses.is_dataclass(tp):
         return True, _build(tp, value, dotted + ".", errors)
     if origin in (Union, types.UnionType):

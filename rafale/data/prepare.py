@@ -61,7 +61,7 @@ def progress_bar(console) -> Progress:
     return Progress(*columns, console=console, transient=True)
 
 
-def prepare(cfg: DataConfig, console=None) -> PreparedData:
+def prepare(cfg: DataConfig, console=None, fingerprint: dict | None = None) -> PreparedData:
     """Prepare (or reuse) the cache entry for `cfg`.
 
     Raises:
@@ -70,7 +70,7 @@ def prepare(cfg: DataConfig, console=None) -> PreparedData:
     log = console.print if console is not None else print
     pipe = pipeline_module(cfg.pipeline)
     fields = pipe.fields(cfg)
-    source_fp = sources.fingerprint(cfg)
+    source_fp = fingerprint or sources.fingerprint(cfg)
     loaded: dict = {}
 
     def splits() -> dict:

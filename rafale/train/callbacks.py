@@ -14,6 +14,8 @@ from composer.loggers import Logger
 from composer.utils import dist
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from rafale.files import write_text
+
 
 def total_batches(state: State) -> int | None:
     """The run's length in batches, from max_duration and the dataloader length."""
@@ -158,9 +160,7 @@ class MetricsFile(Callback):
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(l + "\n" for l in kept))
-        tmp.replace(self.path)
+        write_text(self.path, "".join(l + "\n" for l in kept))
 
     def _write(self, record: dict) -> None:
         if dist.get_global_rank() == 0:

@@ -1,27 +1,27 @@
 """DEBUG=1: overfit one small batch as a sanity check of the model, the loss and the optimizer.
 
 A healthy setup drives the loss on a single batch it sees over and over close to zero. The run trains
-through the same Composer path as a real run (constant LR, no warmup, no checkpoints, no run directory)
+through the same Composer path as a real run, with a few trainer settings changed (one batch as the whole
+dataset, EPOCHS epochs, constant LR, no weight decay, no evaluation, no checkpoints, no run directory),
 and exits 0 when the final loss is under THRESHOLD of the first one, 1 otherwise. The batch is collated
 once, so an mlm batch keeps the same masked positions at every step.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
+from composer import Trainer
+from composer.optim import ConstantScheduler
 from composer.utils import dist
 
-from rafale.config import Config
-from rafale.train.trainer import build_trainer, collate_fn, composer_model
+from rafale.train.trainer import build_optimizer, collate_fn, trainer_kwargs
 
 THRESHOLD = 0.10
 BATCH = 4  # examples in the overfit batch
 EPOCHS = 60
 
 
-class _Rows(torch.utils.data.Dataset):
+class Rows(torch.utils.data.Dataset):
     """The rows of one collated batch, as a dataset that default_collate stacks back into that batch."""
 
     def __init__(self, batch: dict):
@@ -42,33 +42,20 @@ def _loss(wrapped, batch) -> float:
     return float(loss)
 
 
-def debug_run(cfg: Config, model, data, console) -> int:
+def debug_run(plan, model, data, console) -> int:
+    cfg = plan.cfg
     train = data.dataset("train")
     n = min(BATCH, len(train), cfg.data.train_batch_size)
     batch = collate_fn(cfg, data, model, "train")([train[i] for i in range(n)])
-    wrapped = composer_model(model)
-    cfg = dataclasses.replace(
-        cfg,
-        run=dataclasses.replace(cfg.run, max_duration=f"{EPOCHS}ep", device_batch_size=n, save_interval="1000ep"),
-        optim=dataclasses.replace(cfg.optim, schedule="constant", warmup="0ba", weight_decay=0.0),
-        data=dataclasses.replace(cfg.data, train_batch_size=n),
-    )
+    loader = torch.utils.data.DataLoader(Rows(batch), batch_size=n, collate_fn=torch.utils.data.default_collate)
+    kwargs = trainer_kwargs(plan, model, loader, None, callbacks=[])
+    wrapped = kwargs["model"]
+    kwargs.update(max_duration=f"{EPOCHS}ep", device_train_microbatch_size=n, schedulers=ConstantScheduler(),
+                  optimizers=build_optimizer(cfg, wrapped, weight_decay=0.0))
     before = _loss(wrapped, batch)
     console.print(f"DEBUG: overfitting one batch of {n} x {cfg.data.block_size} tokens for {EPOCHS} steps "
                   f"(lr {cfg.optim.lr:g}, constant)")
-
-    class OneBatch:  # the prepared data, reduced to the one batch (train = eval), already collated
-        meta = {**data.meta, "pipeline": "one_batch"}
-
-        @staticmethod
-        def dataset(split):
-            return _Rows(batch)
-
-        @staticmethod
-        def collator(**_):
-            return torch.utils.data.default_collate
-
-    trainer = build_trainer(cfg, wrapped, OneBatch, save_folder=None, callbacks=[])
+    trainer = Trainer(**kwargs)
     trainer.fit()
     trainer.close()
     device = next(wrapped.parameters()).device

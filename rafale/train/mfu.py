@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from rafale.files import write_text
+
 # GPU peak FLOP/s (dense, no sparsity): (bf16/fp16 tensor cores, fp32 incl. TF32 off)
 GPU_PEAKS = {
     "H200": (989e12, 67e12),
@@ -85,9 +87,7 @@ def cpu_peak(cache_dir: str | os.PathLike | None = None) -> float:
         pass
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "time": time.time(), "flops": flops}))
-        os.replace(tmp, path)
+        write_text(path, json.dumps({"key": key, "time": time.time(), "flops": flops}))
     except OSError:
         pass
     return flops

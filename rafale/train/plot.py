@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from rafale.errors import RunStateError
+from rafale.files import atomic_path
 
 
 def read_metrics(run_dir: Path) -> tuple[list, list]:
@@ -53,8 +54,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     ax.legend(fontsize="small")
     fig.tight_layout()
     out = Path(out)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(out)
     return out

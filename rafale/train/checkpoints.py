@@ -1,0 +1,103 @@
+"""Composer checkpoint files: where the latest is, written whole, read without unpickling objects.
+
+    latest_checkpoint(folder)   the checkpoint the `latest-rank0.pt` link points at, or None
+    harden_composer()           checkpoints are written to a temporary file and renamed (never half-written
+                                under a final name) and read with torch.load(weights_only=True)
+    unreadable(path, run, e)    the one error for a checkpoint a run cannot resume from
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+from rafale.errors import RunStateError
+from rafale.files import atomic_path
+
+LATEST = "latest-rank0.pt"  # the link Composer keeps to the newest checkpoint of rank 0
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    link = Path(folder) / LATEST
+    return link.resolve() if link.exists() else None
+
+
+def describe_error(e: BaseException) -> str:
+    """What is wrong with a checkpoint that cannot be read: truncated, corrupted, or holding arbitrary objects."""
+    text = str(e)
+    if "Weights only load failed" in text or "Unsupported global" in text:
+        return "it holds objects other than tensors and plain data, which rafale does not unpickle"
+    if isinstance(e, (EOFError, zipfile.BadZipFile)) or "central directory" in text or "PytorchStreamReader" in text:
+        return "it is truncated or corrupted"
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else 'no detail'}"
+
+
+def unreadable(path: Path, run_dir: Path, e: BaseException) -> RunStateError:
+    # the checkpoint is kept as it is: it may be worth inspecting, and it is the user's to delete
+    return RunStateError(f"{path}: cannot resume {run_dir}: the checkpoint is unreadable ({describe_error(e)}); "
+                         f"FORCE=1 starts the run over, or point checkpoints/{LATEST} at an older checkpoint")
+
+
+def check_readable(path: Path, run_dir: Path) -> None:
+    """A checkpoint to resume from is a whole file: the zip directory torch.save writes last is readable."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            z.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise unreadable(path, run_dir, e) from None
+
+
+def safe_globals() -> list:
+    """What a Composer checkpoint of a rafale run holds beyond tensors and containers."""
+    import datetime
+
+    import numpy as np
+    import torch
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    # numeric dtypes only (the RNG states): never object arrays, whose items are arbitrary objects
+    not_numeric = {"ObjectDType", "VoidDType", "StrDType", "BytesDType", "StringDType"}
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n not in not_numeric]
+    return [datetime.timedelta, torch.torch_version.TorchVersion, _reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def harden_composer() -> None:
+    """Patch two Composer 0.32 internals (idempotent). Raises when they are missing: a Composer upgrade must
+    not silently drop atomic writes or the weights_only guarantee.
+
+    - `_write_checkpoint_file` writes under a temporary name and renames into place, so a kill or a full
+      disk never leaves a partial file under a checkpoint's name;
+    - `_torch_load_with_validation` (behind `load_checkpoint`/`safe_torch_load`) loads with
+      `weights_only=True` and an allow-list of the few plain types a checkpoint holds.
+    """
+    import torch
+    from composer.utils import checkpoint as ck
+
+    write, load = getattr(ck, "_write_checkpoint_file", None), getattr(ck, "_torch_load_with_validation", None)
+    if getattr(write, "rafale_hardened", False):
+        return
+    if write is None or load is None or not hasattr(ck, "_ensure_valid_checkpoint"):
+        import composer
+
+        raise RuntimeError(f"composer {composer.__version__} lacks the checkpoint functions rafale hardens "
+                           f"(_write_checkpoint_file, _torch_load_with_validation); rafale needs composer 0.32")
+
+    def atomic_write(state_dict, filename: str) -> None:
+        if ck.is_tar(filename) or ck.is_compressed_pt(filename):
+            return write(state_dict, filename)
+        with atomic_path(filename, fsync=True) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(state_dict, f)
+
+    def weights_only_load(checkpoint_filepath, map_location: str):
+        path = ck._ensure_valid_checkpoint(checkpoint_filepath)
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    atomic_write.rafale_hardened = True
+    ck._write_checkpoint_file = atomic_write
+    ck._torch_load_with_validation = weights_only_load

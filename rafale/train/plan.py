@@ -1,0 +1,199 @@
+"""One run, resolved once: `make_plan(cfg)` turns a validated Config into the immutable Plan that the rest of
+the run reads. Nothing after it looks at the config to derive these facts again.
+
+    plan = make_plan(cfg, debug=False, force=False)   # every pre-flight check; nothing written or deleted
+
+What a run will do, in the order it is resolved (each fact once, each check as soon as its facts exist):
+
+    model      the model config: a registry entry with model.overrides, a checkpoint's own shapes
+               (model.config: from_weights) or model.hf; the head the pipeline needs; the pipeline and
+               the block size must fit it
+    device     cpu or gpu, the precision, FSDP, the processes and the batch each one takes
+    run_dir    new, resume (and why), start over (FORCE=1), or refused: finished, changed config,
+               unreadable checkpoint
+    room       the run directory and the cache are writable and have room (preflight.py)
+    data       the source's fingerprint and the tokenizer (loaded, or trained once and cached): a model
+               trained from scratch takes the tokenizer's vocabulary, padded to a multiple of 64
+    flops      FLOPs per token and the hardware's peak, for MFU (decoders)
+
+Errors name the config key or the path; the CLI adds the config file's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from composer.utils import dist
+
+from rafale.config import Config
+from rafale.data import sources
+from rafale.data.prepare import pipeline_module
+from rafale.data.tokenizer import TokenizerInfo, get_tokenizer, load_tokenizer
+from rafale.errors import ConfigError, ModelError
+from rafale.models import DecoderConfig, EncoderConfig, model_from_config, resolve_model_config
+from rafale.train import mfu, preflight
+from rafale.train.checkpoints import check_readable
+from rafale.train.rundir import RunDirState, inspect_run_dir
+
+VOCAB_MULTIPLE = 64  # a from-scratch model's vocabulary is padded to this, for faster matmuls
+PIPELINE_HEADS = {"causal_lm": "lm", "sft": "lm", "classification": "classification", "mlm": "mlm"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    cfg: Config
+    model_config: DecoderConfig | EncoderConfig | None  # None for model.hf: transformers reads its config.json
+    head: str  # lm | mlm | classification (its labels come with the data)
+    device: str  # cpu | gpu
+    precision: str  # fp32 | amp_bf16 | amp_fp16
+    parallelism: dict | None  # Composer's parallelism_config: FSDP; None means DDP (or one process)
+    train_batch: int  # per process
+    eval_batch: int
+    microbatch: int | str  # per device; "auto" lets Composer find it (GPU)
+    run_dir: RunDirState | None  # None under DEBUG=1: no run directory
+    fingerprint: dict  # the data source's, for the cache key
+    tokenizer: TokenizerInfo
+    flops_per_token: int | None  # decoders
+    peak_flops: float | None  # all processes together
+    peak_source: str
+    debug: bool
+
+    @property
+    def model_name(self) -> str:
+        m = self.cfg.model
+        if m.hf is not None:
+            return f"model.hf {m.hf}"
+        return m.config if m.weights is None else f"{m.config} from {m.weights}"
+
+
+def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=print) -> Plan:
+    """Resolve everything a run needs, and check it, before anything is written or deleted.
+
+    Raises:
+        RafaleError: the first problem found, naming the config key or the path.
+    """
+    mc = model_config(cfg)
+    head = PIPELINE_HEADS[cfg.data.pipeline]
+    device = resolve_device(cfg)
+    precision = resolve_precision(cfg, device)
+    parallelism = parallelism_config(cfg, device)
+    train_batch, eval_batch = per_process(cfg, "train_batch_size"), per_process(cfg, "eval_batch_size")
+    microbatch = cfg.run.device_batch_size
+    if microbatch == "auto":
+        microbatch = "auto" if device == "gpu" else train_batch
+    run_dir = None if debug else inspect_run_dir(cfg, force)
+    if run_dir is not None and run_dir.resume_from is not None:
+        check_readable(run_dir.resume_from, run_dir.path)
+    fingerprint = sources.fingerprint(cfg.data)  # a missing source fails here, before FORCE=1 removes a run
+    tokenizer = load_tokenizer(cfg.data.tokenizer.path) if cfg.data.tokenizer.path else None
+    if run_dir is not None:  # the estimate takes the largest vocabulary the tokenizer can have
+        vocab = tokenizer.vocab_size if tokenizer else cfg.data.tokenizer.train.vocab_size
+        preflight.check_room(cfg, _n_params(with_vocab(cfg, mc, vocab), head), fingerprint)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(cfg, fingerprint, log)
+    mc = with_vocab(cfg, mc, tokenizer.vocab_size)
+    if mc is not None:
+        check_fits(cfg, mc, tokenizer.vocab_size)
+    fpt = peak = None
+    source = ""
+    if isinstance(mc, DecoderConfig) and not debug:
+        with torch.device("meta"):
+            fpt = mfu.flops_per_token(model_from_config(mc), cfg.data.block_size)
+        peak, source = mfu.peak_flops(device, precision)
+        peak = peak * dist.get_world_size() if peak else None
+    return Plan(cfg, mc, head, device, precision, parallelism, train_batch, eval_batch, microbatch, run_dir,
+                fingerprint, tokenizer, fpt, peak, source, debug)
+
+
+# ---- the model -------------------------------------------------------------------------------------------
+def model_config(cfg: Config) -> DecoderConfig | EncoderConfig | None:
+    """The registry entry or the checkpoint's shapes, with model.overrides; None for model.hf. The pipeline
+    must train this kind of model and the blocks must fit in its positions."""
+    if cfg.model.hf is not None:
+        if PIPELINE_HEADS[cfg.data.pipeline] != "lm":
+            raise ConfigError(f"data.pipeline: {cfg.data.pipeline!r} with model.hf; model.hf trains a causal LM, "
+                              f"expected one of causal_lm, sft")
+        return None
+    mc = resolve_model_config(cfg.model.config, cfg.model.weights, **cfg.model.overrides)
+    is_decoder = isinstance(mc, DecoderConfig)
+    allowed = [p for p, head in PIPELINE_HEADS.items() if (head == "lm") == is_decoder]
+    if cfg.data.pipeline not in allowed:
+        kind = "a decoder" if is_decoder else "an encoder"
+        raise ConfigError(f"data.pipeline: {cfg.data.pipeline!r} does not train {kind} (model {mc.name!r}); "
+                          f"expected one of {', '.join(allowed)}, or a model that fits the pipeline")
+    check_fits(cfg, mc)
+    return mc
+
+
+def with_vocab(cfg: Config, mc, vocab_size: int):
+    """From scratch, the model takes the tokenizer's vocabulary (padded) unless model.overrides sets one;
+    a checkpoint keeps its own."""
+    if mc is None or cfg.model.weights is not None or "vocab_size" in cfg.model.overrides:
+        return mc
+    return dataclasses.replace(mc, vocab_size=math.ceil(vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
+
+
+def check_fits(cfg: Config, mc, tok_vocab: int | None = None) -> None:
+    """The tokenizer's ids must index the embedding; blocks must fit in the model's positions."""
+    where = f"model.weights {cfg.model.weights}" if cfg.model.weights is not None else f"model.config {cfg.model.config}"
+    if tok_vocab is not None and tok_vocab > mc.vocab_size:
+        raise ModelError(f"data.tokenizer has {tok_vocab} tokens but {where} has only {mc.vocab_size} embedding "
+                         f"rows; use a matching tokenizer or model")
+    if cfg.data.block_size > mc.max_seq_len:
+        raise ConfigError(f"data.block_size: {cfg.data.block_size} is larger than the model's max_seq_len "
+                          f"{mc.max_seq_len}")
+
+
+def _n_params(mc, head: str) -> int:
+    if mc is None:
+        return 0  # model.hf: its size is known only once transformers builds it
+    with torch.device("meta"):
+        return sum(p.numel() for p in model_from_config(mc, head="mlm" if head == "lm" else head).parameters())
+
+
+# ---- the hardware ----------------------------------------------------------------------------------------
+def resolve_device(cfg: Config) -> str:
+    if cfg.run.device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if cfg.run.device == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("run.device: gpu was asked for but CUDA is not available")
+    return cfg.run.device
+
+
+def resolve_precision(cfg: Config, device: str) -> str:
+    p = cfg.run.precision
+    if p == "auto":
+        return "amp_bf16" if device == "gpu" and torch.cuda.is_bf16_supported() else "fp32"
+    if device == "cpu" and p != "fp32":
+        raise ConfigError(f"run.precision: {p} needs a GPU; use fp32 or auto on CPU")
+    return p
+
+
+def parallelism_config(cfg: Config, device: str) -> dict | None:
+    """run.fsdp goes to Composer as parallelism_config={"fsdp": ...}; FSDP needs GPUs, DDP is the default."""
+    if cfg.run.fsdp is None:
+        return None
+    if device != "gpu":
+        raise ConfigError("run.fsdp: FSDP needs GPUs (NCCL); drop it to train with DDP on CPU")
+    return {"fsdp": dict(cfg.run.fsdp)}
+
+
+def per_process(cfg: Config, key: str) -> int:
+    batch, world = getattr(cfg.data, key), dist.get_world_size()
+    if batch % world:
+        raise ConfigError(f"data.{key}: {batch} does not divide among {world} processes")
+    return batch // world
+
+
+# ---- the data --------------------------------------------------------------------------------------------
+def train_tokenizer(cfg: Config, fingerprint: dict, log) -> TokenizerInfo:
+    """data.tokenizer.train: trained on the train split once, then reused from the cache."""
+    pipe = pipeline_module(cfg.data.pipeline)
+
+    def train_docs() -> list[str]:
+        return pipe.texts_for_tokenizer(cfg.data, sources.load_splits(cfg.data, pipe.fields(cfg.data))["train"])
+
+    return get_tokenizer(cfg.data, fingerprint, train_docs, log=log)

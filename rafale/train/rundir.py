@@ -1,0 +1,161 @@
+"""The run directory `<run.output_dir>/<run.name>/`: what state it is in, who owns it, what it records.
+
+    state = inspect_run_dir(cfg, force)   new, resume (and why), or refused: read only, nothing written
+    with RunLock(path): ...               one process owns the directory while it trains
+    write_manifest(path, cfg, ...)        manifest.json: versions, data key, seed, hardware, status
+
+It holds config.yaml (the resolved config), manifest.json, checkpoints/, metrics.jsonl, loss.png and
+final/. A finished run is never overwritten without FORCE=1; a run that stopped part way resumes from its
+latest checkpoint when started again with a compatible config.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from rafale.config import Config
+from rafale.errors import RunStateError
+from rafale.files import write_json
+from rafale.train.checkpoints import LATEST
+
+# Keys a resumed run may change: they do not alter what the checkpoint means.
+RESUMABLE_CHANGES = ("run.max_duration", "run.eval_interval", "run.save_interval", "run.log_interval",
+                     "run.save_num_checkpoints_to_keep", "run.sample_prompt", "run.sample_tokens",
+                     "run.device", "run.device_batch_size", "logging.loggers", "logging.project")
+LOCK = "run.lock"
+
+
+@dataclass(frozen=True)
+class RunDirState:
+    path: Path
+    resume_from: Path | None = None
+    why: str = ""  # why the run resumes (printed); empty for a fresh run
+    start_over: bool = False  # FORCE=1 on an existing directory: its contents go once the run owns it
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "overrides":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def inspect_run_dir(cfg: Config, force: bool) -> RunDirState:
+    """What starting this run means for its directory. Raises RunStateError when it must not start."""
+    path = Path(cfg.run.output_dir) / cfg.run.name
+    manifest = path / "manifest.json"
+    if force:
+        return RunDirState(path, start_over=path.exists())
+    if not manifest.exists():
+        return RunDirState(path)
+    status = json.loads(manifest.read_text()).get("status")
+    if status == "finished":
+        raise RunStateError(f"{path}: run {cfg.run.name!r} already finished; FORCE=1 (or --force) starts it "
+                            f"over, run.name=<other> keeps it")
+    latest = path / "checkpoints" / LATEST
+    if not latest.exists():
+        return RunDirState(path)
+    old, new = _flatten(yaml.safe_load((path / "config.yaml").read_text())), _flatten(cfg.to_dict())
+    differ = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    changed = sorted(differ - set(RESUMABLE_CHANGES))
+    if changed:
+        raise RunStateError(f"{path}: cannot resume: the config changed in {', '.join(changed)}; "
+                            f"restore them, or FORCE=1 to start over")
+    why = (f"it stopped part way (status {status!r}) and its config is unchanged"
+           + (" except resumable keys" if differ else ""))
+    return RunDirState(path, latest.resolve(), why)
+
+
+class RunLock:
+    """An exclusive lock on a run directory while a process trains in it (`run.lock`: pid, host, start).
+
+    A second process refuses with the holder's pid and host. The lock is an flock, so a process that dies
+    holds nothing; the file it leaves names it, and the next run takes over with a message. On exit the
+    lock file goes, and the directory too if the run wrote nothing else into it.
+    """
+
+    def __init__(self, path: Path, log=print):
+        self.path, self.log, self.file = Path(path), log, None
+
+    def __enter__(self) -> "RunLock":
+        self.created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK
+        self.file = open(lock, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunStateError(f"{self.path}: another run is training in this directory ({holder}); wait for "
+                                f"it to end, or choose another run.name") from None
+        self.file.seek(0)
+        left = self.file.read().strip()
+        if left:
+            self.log(f"taking over {lock}, left by a run that is no longer running ({left})")
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        (self.path / LOCK).unlink(missing_ok=True)
+        self.file.close()
+        if self.created and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+
+def clear_run_dir(path: Path) -> None:
+    """FORCE=1: remove what an earlier run left, once this process owns the directory (the lock stays)."""
+    for child in path.iterdir():
+        if child.name != LOCK:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_manifest(path: Path, cfg: Config, data, status: str, **extra) -> None:
+    import composer
+    import tokenizers
+    import torch
+
+    import rafale
+    from composer.utils import dist
+
+    file = path / "manifest.json"
+    old = json.loads(file.read_text()) if file.exists() else {}
+    hardware = {"platform": platform.platform(), "cpus": os.cpu_count(), "processes": dist.get_world_size()}
+    if torch.cuda.is_available():
+        hardware["gpu"] = torch.cuda.get_device_name(0)
+    manifest = {**old, "status": status, "rafale": rafale.__version__, "torch": torch.__version__,
+                "composer": composer.__version__, "tokenizers": tokenizers.__version__,
+                "python": platform.python_version(), "seed": cfg.run.seed, "data_cache": str(data.path),
+                "data_key": data.key, "hardware": hardware, "git_commit": git_commit(), **extra}
+    manifest.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json(file, manifest)
