@@ -19,7 +19,8 @@ import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
-from rafale.train.loss import IGNORE_INDEX, chunked_cross_entropy, shift_targets
+from rafale.data import IGNORE_INDEX
+from rafale.train.loss import chunked_cross_entropy, shift_targets
 
 
 class TokenCrossEntropy(Metric):
