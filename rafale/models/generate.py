@@ -219,7 +219,6 @@ class Completion:
     completion: str = ""
     tokens: list[int] = field(default_factory=list)  # the new token ids (the stop string's included)
     finish_reason: str = FINISH_LENGTH  # "eos", "stop" or "length"
-    prompt_tokens: int = 0
 
 
 @dataclass
@@ -281,7 +280,7 @@ def generate_texts(
     """
     stop = [s for s in stop if s]
     encoded = encode_prompts(model, tok, prompts)
-    results = [Completion(p, prompt_tokens=len(ids)) for p, ids in zip(prompts, encoded)]
+    results = [Completion(p) for p in prompts]
     stats = stats if stats is not None else Stats()
     hold = max((len(s) for s in stop), default=1) - 1  # text that may yet become a stop string
     pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
