@@ -117,7 +117,8 @@ def generate(
 
     from rafale.errors import ConfigError
     from rafale.models import from_pretrained
-    from rafale.models.generate import Sampling, decoding_threads, generate_to_console, read_prompts
+    from rafale.models.generate import Sampling
+    from rafale.prompts import decoding_threads, generate_to_console, read_prompts
 
     if (prompt is None) == (prompts_file is None):
         raise ConfigError("give either -p/--prompt (repeatable) or --prompts-file, not both and not neither")

@@ -135,7 +135,7 @@ def test_a_hub_model_without_tokenizer_says_where_it_looked(model_dir, tmp_path,
 
 
 def test_small_models_decode_on_one_thread(model_dir):
-    from rafale.models.generate import decoding_threads
+    from rafale.prompts import decoding_threads
 
     assert decoding_threads(from_pretrained(model_dir)) == 1
 

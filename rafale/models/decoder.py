@@ -13,9 +13,9 @@ Notable choices:
   rotary dims, so rope is 4 ops on every dim) and kept as buffers outside the state dict;
   Llama 3.1/3.2 frequency scaling ("llama3" rope type) is supported through `rope_scaling`.
 - Attention is F.scaled_dot_product_attention. Training (no cache, no padding) takes the `is_causal` fast
-  path; a KV cache or a padding mask builds one boolean mask per forward, shared by all layers. Grouped
-  kv heads are repeated explicitly rather than through SDPA's enable_gqa, which is slow on CPU; when
-  decoding one token, each group of query heads shares its kv head without any copy.
+  path; a KV cache, a padding mask or packed rows' segment ids build one boolean mask per forward, shared
+  by all layers. Grouped kv heads are repeated explicitly rather than through SDPA's enable_gqa, which is
+  slow on CPU; when decoding one token, each group of query heads shares its kv head without any copy.
 - The KV cache is preallocated, (B, n_kv_head, max_len, head_dim) per layer, and written in place at a
   position counter: no torch.cat, and the cache is never regrown or copied while decoding.
 - `vocab_size` is the embedding size as stored in the checkpoint (Pythia's 50304 is already padded).
@@ -163,19 +163,24 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, perm: torc
 
 
 def attention_mask_for(
-    T: int, start: int, padding_mask: Optional[torch.Tensor], device
+    T: int, start: int, padding_mask: Optional[torch.Tensor], segment_ids: Optional[torch.Tensor], device
 ) -> Optional[torch.Tensor]:
     """Boolean mask (True = attend) of T queries at positions start.. over S = start + T keys.
 
-    None when none is needed: plain causal attention (start == 0, no padding; SDPA's is_causal does it
-    faster) or one new token attending to every cached key.
+    Causal, without the padding keys of padding_mask (B, S), and, given segment_ids (B, T) of a whole
+    row (start 0), without the keys of other segments; segment 0 is padding. None when none is needed:
+    plain causal attention (start == 0, no padding; SDPA's is_causal does it faster) or one new token
+    attending to every cached key.
     """
     S = start + T
-    if padding_mask is None and (start == 0 or T == 1):
+    if padding_mask is None and segment_ids is None and (start == 0 or T == 1):
         return None
     q_pos = torch.arange(start, S, device=device).view(T, 1)
     k_pos = torch.arange(S, device=device).view(1, S)
     mask = k_pos <= q_pos  # (T, S)
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # (B, 1, T, T)
+        padding_mask = segment_ids > 0
     if padding_mask is not None:
         keep = padding_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
         # A padding query still attends to itself: a row with nothing to attend to gives NaN in SDPA.
@@ -216,9 +221,6 @@ class KVCache:
         k_all.narrow(2, self.pos, T).copy_(k)  # narrow: one op per write, cheaper than slicing 3 dims
         v_all.narrow(2, self.pos, T).copy_(v)
         return k_all.narrow(2, 0, self.pos + T), v_all.narrow(2, 0, self.pos + T)
-
-    def reset(self):
-        self.pos = 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -364,7 +366,7 @@ class Decoder(nn.Module):
             device=device or weight.device, dtype=dtype or weight.dtype,
         )
 
-    def hidden_states(self, input_ids, *, position_ids=None, attention_mask=None, kv_cache=None):
+    def hidden_states(self, input_ids, *, position_ids=None, attention_mask=None, segment_ids=None, kv_cache=None):
         """Final-normed hidden states (B, T, n_embd) of input_ids (B, T).
 
         Args:
@@ -372,6 +374,9 @@ class Decoder(nn.Module):
                 cache's position. Pass them for left-padded batches (count only real tokens).
             attention_mask: (B, S) 1 for real tokens, 0 for padding, over every key position so far
                 (the cached ones and the T new ones).
+            segment_ids: (B, T) packed rows, without attention_mask or kv_cache: tokens attend only
+                inside their segment (1, 2, ...; 0 is padding). Positions still count across the row;
+                rope depends only on the distance between tokens, so that equals restarting at 0.
             kv_cache: a KVCache from make_kv_cache; the new keys/values are written at its position,
                 which then advances by T.
         """
@@ -386,6 +391,9 @@ class Decoder(nn.Module):
             raise ValueError(f"cannot attend to {start + T} positions, max_seq_len is only {self.config.max_seq_len}")
         if attention_mask is not None and attention_mask.shape != (B, start + T):
             raise ValueError(f"attention_mask must be (B, S) = {(B, start + T)}, got {tuple(attention_mask.shape)}")
+        if segment_ids is not None and (segment_ids.shape != (B, T) or attention_mask is not None
+                                        or kv_cache is not None):
+            raise ValueError(f"segment_ids must be (B, T) = {(B, T)}, without attention_mask or kv_cache")
 
         x = self.wte(input_ids)
         if position_ids is None:
@@ -393,16 +401,17 @@ class Decoder(nn.Module):
         else:
             cos, sin = self.rope_cos[position_ids].unsqueeze(2), self.rope_sin[position_ids].unsqueeze(2)  # (B, T, 1, hs)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        mask = attention_mask_for(T, start, attention_mask, input_ids.device)
+        mask = attention_mask_for(T, start, attention_mask, segment_ids, input_ids.device)
         for block in self.blocks:
             x = block(x, (cos, sin, self.rope_perm), mask, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
         return self.norm(x)
 
-    def forward(self, input_ids, *, position_ids=None, attention_mask=None, kv_cache=None):
+    def forward(self, input_ids, *, position_ids=None, attention_mask=None, segment_ids=None, kv_cache=None):
         """Logits (B, T, vocab_size); the arguments are those of hidden_states."""
-        h = self.hidden_states(input_ids, position_ids=position_ids, attention_mask=attention_mask, kv_cache=kv_cache)
+        h = self.hidden_states(input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                               segment_ids=segment_ids, kv_cache=kv_cache)
         return self.lm_head(h)
 
     def num_params(self, exclude_embedding: bool = False) -> int:

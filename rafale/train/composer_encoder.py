@@ -21,7 +21,7 @@ from composer.models import ComposerModel
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-IGNORE_INDEX = -100  # labels at unmasked positions (mlm) carry this and count in neither loss nor metrics
+from rafale.data import IGNORE_INDEX
 
 
 def _encoder_inputs(batch: dict) -> dict:

@@ -7,10 +7,8 @@ metrics turn the sums into cross-entropy and perplexity (reduced across processe
 The batch is `{"input_ids"}` (causal_lm: every next token is a target) or, from the sft pipeline,
 `{"input_ids", "labels", "attention_mask", "segment_ids"?}` with labels aligned with input_ids and -100
 on the prompt and the padding: the loss then covers the response tokens only. Padding sits at the end
-of a row, so causal attention alone keeps real tokens from seeing it. Packed rows (`segment_ids`) get
-a block-diagonal causal mask: an example never attends to the one before it in the same row. Positions
-keep counting across the row; rotary attention depends only on the distance between tokens, so inside
-one example that is the same as restarting at 0.
+of a row, so causal attention alone keeps real tokens from seeing it. Packed rows pass their
+`segment_ids` to the decoder, which keeps each example from attending to the one before it in the row.
 """
 
 from __future__ import annotations
@@ -19,7 +17,8 @@ import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
-from rafale.train.loss import IGNORE_INDEX, chunked_cross_entropy, shift_targets
+from rafale.data import IGNORE_INDEX
+from rafale.train.loss import chunked_cross_entropy, shift_targets
 
 
 class TokenCrossEntropy(Metric):
@@ -52,26 +51,6 @@ def targets(batch: dict) -> torch.Tensor:
     return shift_targets(batch["labels"] if "labels" in batch else batch["input_ids"])
 
 
-def packed_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T, T) boolean, True = attend: causal and inside the same example; padding (0) sees itself."""
-    T = segment_ids.size(1)
-    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
-    own = torch.eye(T, dtype=torch.bool, device=segment_ids.device)  # a row with nothing to attend to is NaN
-    return ((causal & same & (segment_ids[:, None, :] > 0)) | own)[:, None]  # (B, 1, T, T)
-
-
-def packed_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
-    """Decoder.hidden_states with a block-diagonal causal mask (its own attention_mask is (B, S) padding only)."""
-    T = input_ids.size(1)
-    x = model.wte(input_ids)
-    cos, sin = model.rope_cos[:T, None].to(x.dtype), model.rope_sin[:T, None].to(x.dtype)  # (T, 1, rd)
-    mask = packed_mask(segment_ids)
-    for block in model.blocks:
-        x = block(x, (cos, sin, model.rope_perm), mask, None)
-    return model.norm(x)
-
-
 class ComposerLM(ComposerModel):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -79,9 +58,7 @@ class ComposerLM(ComposerModel):
         self.val_metrics = {"CrossEntropy": TokenCrossEntropy(), "Perplexity": TokenPerplexity()}
 
     def forward(self, batch: dict) -> torch.Tensor:
-        if "segment_ids" in batch:
-            return packed_hidden_states(self.model, batch["input_ids"], batch["segment_ids"])
-        return self.model.hidden_states(batch["input_ids"])
+        return self.model.hidden_states(batch["input_ids"], segment_ids=batch.get("segment_ids"))
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         return chunked_cross_entropy(outputs, self.model.lm_head.weight, targets(batch))

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from rafale.data import IGNORE_INDEX
+
 CHUNK_ELEMENTS = 1 << 23  # logits elements per chunk (32 MB in fp32): keeps a chunk inside the caches
 
 

@@ -5,7 +5,8 @@ import torch
 from composer import Trainer
 
 from rafale.models import EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
-from rafale.train.composer_encoder import IGNORE_INDEX, ComposerClassifier, ComposerMLM
+from rafale.data import IGNORE_INDEX
+from rafale.train.composer_encoder import ComposerClassifier, ComposerMLM
 
 VOCAB, T, PAD, MASK = 32, 8, 0, 3
 TINY = dict(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=32, intermediate_size=64, max_seq_len=T, dropout=0.0,

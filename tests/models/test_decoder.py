@@ -93,6 +93,23 @@ def test_left_padding_does_not_change_real_positions(kwargs):
     torch.testing.assert_close(logits[1], model(long)[0], rtol=1e-5, atol=1e-5)
 
 
+@FAMILIES
+@torch.no_grad()
+def test_packed_segments_equal_each_segment_alone(kwargs):
+    model = make(kwargs)
+    a, b, c = torch.randint(0, 128, (1, 5)), torch.randint(0, 128, (1, 7)), torch.randint(0, 128, (1, 16))
+    packed = torch.cat([torch.cat([a, b, torch.zeros(1, 4, dtype=torch.long)], 1), c])  # two examples + padding
+    segment_ids = torch.tensor([[1] * 5 + [2] * 7 + [0] * 4, [1] * 16])
+    h = model.hidden_states(packed, segment_ids=segment_ids)
+    assert torch.isfinite(h).all()  # padding rows included
+    torch.testing.assert_close(h[:1, :5], model.hidden_states(a), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h[:1, 5:12], model.hidden_states(b), rtol=1e-4, atol=1e-5)  # rope: offset-free
+    torch.testing.assert_close(h[1:], model.hidden_states(c), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model(packed, segment_ids=segment_ids), model.lm_head(h), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="segment_ids must be"):
+        model(packed, segment_ids=segment_ids, kv_cache=model.make_kv_cache(2, 16))
+
+
 def test_sequence_longer_than_max_seq_len_is_refused():
     model = make(NEOX, max_seq_len=8)
     with pytest.raises(ValueError, match="cannot attend to 9 positions, max_seq_len is only 8"):

@@ -5,13 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rafale.data import IGNORE_INDEX
 from rafale.train import loss as L
 
 
 def plain(hidden, weight, targets):
     logits = hidden.reshape(-1, hidden.shape[-1]) @ weight.t()
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits, targets.reshape(-1), ignore_index=L.IGNORE_INDEX)
+    return F.cross_entropy(logits, targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def both(hidden, weight, targets, fn):
@@ -30,8 +31,8 @@ def test_matches_plain_cross_entropy(monkeypatch, chunk_elements, dtype, tol):
     hidden = torch.randn(B, T, C, generator=g, dtype=dtype) * 2
     weight = torch.randn(V, C, generator=g, dtype=dtype)
     targets = torch.randint(0, V, (B, T), generator=g)
-    targets[0, :5] = L.IGNORE_INDEX  # prompt-masked positions
-    targets[:, -1] = L.IGNORE_INDEX
+    targets[0, :5] = IGNORE_INDEX  # prompt-masked positions
+    targets[:, -1] = IGNORE_INDEX
     got, ref = both(hidden, weight, targets, L.chunked_cross_entropy), both(hidden, weight, targets, plain)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a.to(b.dtype), b, rtol=tol, atol=tol)
@@ -39,7 +40,7 @@ def test_matches_plain_cross_entropy(monkeypatch, chunk_elements, dtype, tol):
 
 def test_all_targets_ignored_gives_zero_loss_and_gradients():
     hidden, weight = torch.randn(2, 5, 8), torch.randn(11, 8)
-    targets = torch.full((2, 5), L.IGNORE_INDEX)
+    targets = torch.full((2, 5), IGNORE_INDEX)
     loss, gh, gw = both(hidden, weight, targets, L.chunked_cross_entropy)
     assert loss.item() == 0.0 and not gh.any() and not gw.any()
 
