@@ -87,11 +87,13 @@ def hf_step(vocab: int):
 def composer_step(vocab: int, n_batches: int):
     """rafale's Composer Trainer; each call fits one more batch, timed by a callback around the batch."""
     import torch
+    from composer import Trainer
     from composer.core import Callback
 
     from rafale.config import config_from_dict
     from rafale.data import causal_lm
-    from rafale.train.trainer import build_trainer
+    from rafale.train.plan import make_plan
+    from rafale.train.trainer import trainer_kwargs
 
     class Blocks(torch.utils.data.Dataset):
         def __init__(self, batches):
@@ -102,17 +104,6 @@ def composer_step(vocab: int, n_batches: int):
 
         def __getitem__(self, i):
             return self.rows[i]  # rafale's collate stacks token blocks
-
-    class Data:  # what the trainer builder reads of a PreparedData: causal_lm blocks, no eval split
-        meta = {"pipeline": "causal_lm"}
-
-        @staticmethod
-        def dataset(split):
-            return Blocks(_batches(vocab, n_batches)) if split == "train" else None
-
-        @staticmethod
-        def collator():
-            return causal_lm.collate
 
     class Timer(Callback):
         def __init__(self):
@@ -131,7 +122,10 @@ def composer_step(vocab: int, n_batches: int):
         "data": {"block_size": SEQ, "train_batch_size": BATCH, "tokenizer": {"train": {"vocab_size": 4096}}},
     })
     timer = Timer()
-    trainer = build_trainer(cfg, _rafale_model(vocab), Data, save_folder=None, callbacks=[timer])
+    plan = make_plan(cfg, debug=True, log=lambda *a, **k: None)  # no run directory; the tokenizer is cached
+    loader = torch.utils.data.DataLoader(Blocks(_batches(vocab, n_batches)), batch_size=BATCH, shuffle=True,
+                                         drop_last=True, collate_fn=causal_lm.collate)
+    trainer = Trainer(**trainer_kwargs(plan, _rafale_model(vocab), loader, None, callbacks=[timer]))
 
     def step(ids):  # the batch comes from the trainer's own dataloader (same shape, same generator)
         trainer.fit(duration="1ba")

@@ -230,9 +230,9 @@ def test_bad_input(case: Case, w, monkeypatch, capsys, restore_signals):
     monkeypatch.setenv("RAFALE_CACHE", str(cache))
     for k, v in case.env.items():
         if k == "FAKE_FREE":
-            from rafale.train import guards
+            from rafale.train import preflight
 
-            monkeypatch.setattr(guards, "free_bytes", lambda path, v=int(v): v)
+            monkeypatch.setattr(preflight, "free_bytes", lambda path, v=int(v): v)
         elif k != "RAFALE_CACHE":
             monkeypatch.setenv(k, v)
     monkeypatch.setattr(sys, "argv", ["rafale", *(a.format(w=w) for a in case.argv)])

@@ -58,10 +58,10 @@ def test_run_refuse_force_generate(workdir):
     assert [l["step"] for l in lines if "train/loss" in l] == [4, 8, 12, 16]
     assert [l["step"] for l in lines if "eval/loss" in l] == [8, 16]
 
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     refused = rafale("run", "-c", "micro.yaml", cwd=workdir, check_code=2)
     assert "FORCE=1" in refused.stderr and "Traceback" not in refused.stderr
-    before = (run_dir / "manifest.json").read_text()
-    assert (run_dir / "manifest.json").read_text() == before  # untouched by the refusal
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # untouched by the refusal
 
     rafale("run", "-c", "micro.yaml", cwd=workdir, env={"FORCE": "1"}, check_code=0)
 

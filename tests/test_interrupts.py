@@ -192,9 +192,9 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(work):
     # the kept checkpoint is whole and finite, and loads without unpickling arbitrary objects
     import torch
 
-    from rafale.train import guards
+    from rafale.train import checkpoints
 
-    with torch.serialization.safe_globals(guards.checkpoint_safe_globals()):
+    with torch.serialization.safe_globals(checkpoints.safe_globals()):
         state = torch.load(good, weights_only=True)
     assert all(torch.isfinite(t).all() for t in state["state"]["model"].values())
 
@@ -206,9 +206,9 @@ def test_a_checkpoint_write_cut_short_leaves_no_file_under_its_name(tmp_path, mo
     import torch
     from composer.utils import checkpoint as ck
 
-    from rafale.train import guards
+    from rafale.train import checkpoints
 
-    guards.harden_composer()
+    checkpoints.harden_composer()
     target = tmp_path / "ep0-ba8-rank0.pt"
 
     def disk_full(obj, f):

@@ -19,8 +19,8 @@ import torch
 from rafale.config import config_from_dict
 from rafale.errors import ConfigError, ModelError
 from rafale.models import Decoder, export_model, from_pretrained, get_config, model_from_config
-from rafale.train.composer_lm import ComposerLM, packed_hidden_states
-from rafale.train.trainer import check_model
+from rafale.train.composer_lm import ComposerLM
+from rafale.train.plan import model_config
 from train_helpers import MICRO, ROOT, run_rafale, train_losses
 
 CONFIGS = ROOT / "configs"
@@ -115,7 +115,7 @@ def test_packed_examples_attend_only_inside_themselves():
     packed = torch.cat([a, b, torch.zeros(1, 4, dtype=torch.long)], dim=1)  # two examples, then padding
     segments = torch.tensor([[1] * 5 + [2] * 7 + [0] * 4])
     with torch.no_grad():
-        h = packed_hidden_states(model, packed, segments)
+        h = model.hidden_states(packed, segment_ids=segments)
         torch.testing.assert_close(h[:, :5], model.hidden_states(a))
         torch.testing.assert_close(h[:, 5:12], model.hidden_states(b), atol=1e-5, rtol=1e-4)  # rope: offset-free
         assert torch.isfinite(h).all()
@@ -146,10 +146,10 @@ def test_from_weights_starts_from_a_local_pythia_checkpoint(rafale_env, tmp_path
 
 def test_preflight_refuses_a_registry_entry_that_does_not_match_the_checkpoint(tmp_path):
     ckpt = export_model(_tiny_decoder(), tmp_path / "pythia-tiny")
-    with pytest.raises(ModelError, match=r"x.yaml: model.config 'pythia-14m' does not match .*n_embd 128 vs 32.*"
+    with pytest.raises(ModelError, match=r"model.config 'pythia-14m' does not match .*n_embd 128 vs 32.*"
                                          r"from_weights"):
-        check_model(config_from_dict({"model": {"weights": str(ckpt)}}, source="x.yaml"))
-    check_model(config_from_dict({"model": {"config": "from_weights", "weights": str(ckpt)}}, source="x.yaml"))
+        model_config(config_from_dict({"model": {"weights": str(ckpt)}}, source="x.yaml"))
+    model_config(config_from_dict({"model": {"config": "from_weights", "weights": str(ckpt)}}, source="x.yaml"))
 
 
 def test_model_hf_trains_a_transformers_gpt_neox_and_generates(rafale_env, tmp_path):
@@ -170,7 +170,7 @@ def test_model_hf_trains_a_transformers_gpt_neox_and_generates(rafale_env, tmp_p
 
 def test_model_hf_refuses_an_encoder_pipeline(tmp_path):
     cfg = config_from_dict({"model": {"hf": str(tmp_path)}, "data": {"pipeline": "mlm"}}, source="x.yaml")
-    with pytest.raises(ConfigError, match=r"x.yaml: data.pipeline: 'mlm' with model.hf; .*causal_lm, sft"):
-        check_model(cfg)
+    with pytest.raises(ConfigError, match=r"^data.pipeline: 'mlm' with model.hf; .*causal_lm, sft"):
+        model_config(cfg)
     with pytest.raises(ConfigError, match=r"model.weights: .* with model.hf"):
         config_from_dict({"model": {"hf": "x", "weights": "y"}})
