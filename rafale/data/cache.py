@@ -80,10 +80,6 @@ def build_entry(final: Path, on_wait=None) -> Iterator[Path | None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
 # ---- browsing: `rafale cache list` / `rafale cache clear` ---------------------------------------------
 def entries() -> list[dict]:
     """Every finished entry: kind, name, path, size in bytes, tokens (data only), last used (mtime)."""

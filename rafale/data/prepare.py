@@ -23,9 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rafale.config import DataConfig
 from rafale.data import sources
-from rafale.data.cache import build_entry, cache_root, key_hash, slug, write_json
+from rafale.data.cache import build_entry, cache_root, key_hash, slug
 from rafale.data.tokenizer import TokenizerInfo, get_tokenizer, load_tokenizer
-from rafale.errors import ConfigError
+from rafale.files import write_json
 
 
 def pipeline_module(name: str):
@@ -43,13 +43,6 @@ class PreparedData:
     def dataset(self, split: str):
         """The split as a torch Dataset (None when it is empty)."""
         return pipeline_module(self.meta["pipeline"]).dataset(self.path, self.meta, split)
-
-    def blocks(self, split: str):
-        """The causal_lm split as token blocks (a TokenBlocks memory map); other pipelines use dataset()."""
-        if self.meta["pipeline"] != "causal_lm":
-            raise ConfigError(f"data.pipeline: {self.meta['pipeline']!r} data in {self.path} has examples, not "
-                              f"causal_lm blocks; use dataset({split!r})")
-        return self.dataset(split)
 
     def collator(self, **kwargs):
         return pipeline_module(self.meta["pipeline"]).collator(self.meta, **kwargs)

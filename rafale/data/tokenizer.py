@@ -14,7 +14,6 @@ holds the split settings) and the training settings, so a second run finds it wi
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +23,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from rafale.config import DataConfig
 from rafale.data.cache import build_entry, cache_root, file_sha256, key_hash, slug
 from rafale.errors import DataError
+from rafale.files import is_hub_id
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -74,7 +74,7 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
     if path.is_dir():
         path = path / "tokenizer.json"
     # a path that names a file (tokenizer.json) is a path, never a hub id: no network call for a typo
-    if not path.is_file() and not path.parent.exists() and _HUB_ID.match(given) and not given.endswith(".json"):
+    if not path.is_file() and not path.parent.exists() and is_hub_id(given) and not given.endswith(".json"):
         path = _from_hub(given)
     if not path.is_file():
         raise DataError(f"data.tokenizer.path: {path} does not exist; expected a tokenizer.json file, "
@@ -88,9 +88,6 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
         raise DataError(f"{path}: no end-of-text token; expected one of {', '.join(EOS_CANDIDATES)}")
     return TokenizerInfo(tok, path, file_sha256(path), eos, _first_id(tok, PAD_CANDIDATES),
                          _first_id(tok, BOS_CANDIDATES))
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _from_hub(repo: str) -> Path:

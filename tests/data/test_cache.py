@@ -70,7 +70,7 @@ def test_cache_hit_first_batch_is_fast(corpus):
     prepare(data_cfg(source=str(corpus)))
     t0 = time.perf_counter()
     data = prepare(data_cfg(source=str(corpus)))
-    data.collator()([data.blocks("train")[i] for i in range(4)])
+    data.collator()([data.dataset("train")[i] for i in range(4)])
     assert data.reused and time.perf_counter() - t0 < 0.5
 
 
@@ -112,7 +112,7 @@ def test_sigkill_mid_preparation_leaves_nothing_valid(tmp_path, cache_dir):
     proc.wait()
     assert _entries(cache_dir) == []
     data = prepare(data_cfg(source=str(big), tokenizer={"path": str(tmp_path / "tok.json")}, block_size=64))
-    assert not data.reused and len(data.blocks("train")) > 0
+    assert not data.reused and len(data.dataset("train")) > 0
     assert not list((cache_dir / "data").glob(".*.tmp-*"))
 
 
