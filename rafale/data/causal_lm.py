@@ -73,6 +73,12 @@ def collator(meta: dict, **_):
     return collate
 
 
+def file_sizes(path: Path, meta: dict) -> dict[str, int]:
+    """The size each split's token file must have: its whole blocks in meta's dtype."""
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    return {f"{split}.bin": s["blocks"] * meta["block_size"] * itemsize for split, s in meta["splits"].items()}
+
+
 # ---- building ----------------------------------------------------------------------------------------
 def token_dtype(tok: TokenizerInfo):
     return np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32

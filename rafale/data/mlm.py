@@ -27,8 +27,7 @@ def build(cfg: DataConfig, splits: dict, tok: TokenizerInfo, out: Path, progress
     return meta
 
 
-def dataset(path: Path, meta: dict, split: str):
-    return causal_lm.dataset(path, meta, split)
+dataset, file_sizes = causal_lm.dataset, causal_lm.file_sizes
 
 
 class MLMCollator:

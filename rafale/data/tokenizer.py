@@ -9,7 +9,8 @@ in a few tokens or scores); that is harmless here because a trained tokenizer is
 keyed by the tokenizer file's content.
 
 A trained tokenizer is cached under `$RAFALE_CACHE/tokenizers/`, keyed by the source fingerprint (which
-holds the split settings) and the training settings, so a second run finds it without reading any text.
+holds the split settings) and the training settings, so a second run finds it without reading any text;
+one whose tokenizer.json no longer loads is trained again.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def get_tokenizer(cfg: DataConfig, source_fp: dict, train_docs: Callable[[], lis
     from rafale.data.sources import describe
 
     final = cache_root() / "tokenizers" / f"{slug(describe(cfg))}-{t.type}{t.vocab_size}-{key_hash(parts)}"
-    with build_entry(final, on_wait=log) as tmp:
+    with build_entry(final, log, check=damage) as tmp:
         if tmp is not None:
             docs = train_docs()  # reads the source: a bad one fails here, before any training
             tok = train_tokenizer(docs, t.type, t.vocab_size, t.min_frequency, specials)
@@ -177,3 +178,12 @@ def get_tokenizer(cfg: DataConfig, source_fp: dict, train_docs: Callable[[], lis
             short = f" (the corpus offers no more merges under min_frequency {t.min_frequency})" if n < t.vocab_size else ""
             log(f"trained a {t.type} tokenizer on {len(docs):,} train documents: {n} tokens of {t.vocab_size} asked{short}")
     return load_tokenizer(final / "tokenizer.json")
+
+
+def damage(entry: Path) -> str | None:
+    """What is wrong with a cached trained tokenizer, or None: its tokenizer.json must load."""
+    try:
+        Tokenizer.from_file(str(entry / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a bare Exception for missing and malformed files
+        return f"tokenizer.json does not load ({str(e).splitlines()[0][:120]})"
+    return None
