@@ -128,12 +128,18 @@ def damage(entry: Path, hashes: bool = False) -> str | None:
     """
     try:
         meta = json.loads((entry / "meta.json").read_text())
-        want = pipeline_module(meta["pipeline"]).file_sizes(entry, meta)
+        pipe = pipeline_module(meta["pipeline"])
+    except FileNotFoundError:
+        return "meta.json is missing"
+    except (OSError, ValueError, LookupError, TypeError, ImportError) as e:
+        return f"meta.json cannot be read ({type(e).__name__}: {e})"
+    try:
+        want = pipe.file_sizes(entry, meta)
         have = {name: (entry / name).stat().st_size for name in [*want, "tokenizer.json"]}
     except FileNotFoundError as e:
         return f"{Path(e.filename).name} is missing"
-    except (OSError, ValueError, LookupError, TypeError, AttributeError, ImportError) as e:
-        return f"cannot be read against its meta.json ({type(e).__name__}: {e})"
+    except (OSError, ValueError, LookupError, TypeError, AttributeError) as e:
+        return f"its files do not match meta.json ({type(e).__name__}: {e})"
     for name, size in want.items():
         if have[name] != size:
             return f"{name} has {have[name]:,} bytes where meta.json implies {size:,}"

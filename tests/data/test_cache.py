@@ -177,7 +177,7 @@ def test_a_truncated_file_is_reported_and_the_entry_rebuilt(tmp_path, capsys, pi
 
 
 @pytest.mark.parametrize("harm, said", [(lambda meta: meta.unlink(), "meta.json is missing"),
-                                        (lambda meta: meta.write_text("{"), "cannot be read against its meta.json")])
+                                        (lambda meta: meta.write_text("{"), "meta.json cannot be read")])
 def test_a_missing_or_unreadable_meta_json_is_damage(corpus, capsys, harm, said):
     first = prepare(data_cfg(source=str(corpus)))
     harm(first.path / "meta.json")
