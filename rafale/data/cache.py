@@ -67,7 +67,7 @@ def build_entry(final: Path, log=None, check: Callable[[Path], str | None] | Non
                 log(f"waiting for another process that is preparing {final}")
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            problem = check(final) if final.exists() and check is not None else None
+            problem = check(final) if check is not None and final.exists() else None
             if final.exists() and problem is None:
                 yield None
                 return

@@ -132,4 +132,3 @@ def tokenize_flat(docs: list[str], tok: TokenizerInfo, sep: int, dtype, on_batch
             if on_batch is not None:
                 on_batch(len(encs), n_tokens)
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
-
