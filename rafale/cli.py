@@ -6,7 +6,7 @@
     FORCE=1 rafale run -c ...                               start a finished run over
     rafale generate runs/quickstart -p "Once upon a time"  stream a continuation (KV cache, greedy or sampled)
     rafale models                                           the model registry
-    rafale cache list | rafale cache clear NAME|--all      prepared data and trained tokenizers
+    rafale cache list | clear NAME|--all | verify [NAME]   prepared data and trained tokenizers
     rafale plot runs/a runs/b [-o loss.png]                 loss curves of one or several runs
     rafale export runs/quickstart out/quickstart-hf         a run as an HF-layout dir, checked with transformers
 
@@ -145,7 +145,7 @@ def models():
     console.print(table)
 
 
-cache_app = typer.Typer(no_args_is_help=True, help="Browse and clear prepared data and trained tokenizers.")
+cache_app = typer.Typer(no_args_is_help=True, help="Browse, check and clear prepared data and trained tokenizers.")
 app.add_typer(cache_app, name="cache")
 
 
@@ -180,6 +180,30 @@ def cache_clear(
         raise RafaleError("cache clear: give one entry name or --all")
     removed = clear(None if all_ else name)
     console.print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}")
+
+
+@cache_app.command("verify")
+def cache_verify(
+    name: Optional[str] = typer.Argument(None, help="One entry (as `rafale cache list` names it); all when omitted."),
+):
+    """Check entries: file sizes against meta.json, and each file's sha256 against the one recorded at build.
+
+    Exit 0 when every entry is fine, 2 when one is damaged.
+    """
+    from rafale.data.cache import cache_root, find
+    from rafale.data.prepare import verify
+
+    found = find(name)
+    if not found:
+        console.print(f"no cache entries under {cache_root()}", highlight=False)
+    damaged = 0
+    for path in found:
+        fine, what = verify(path)
+        damaged += not fine
+        console.print(f"{path.name}: {what}" if fine else f"{path.name}: damaged: {what}; remove it with "
+                      f"`rafale cache clear {path.name}`, or let the next run that uses it rebuild it",
+                      markup=False, highlight=False)
+    raise typer.Exit(2 if damaged else 0)
 
 
 @app.command()

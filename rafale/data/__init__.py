@@ -2,7 +2,7 @@
 
     sources.py         what a source is (files, globs, folders, save_to_disk, hub ids, synthetic) and its splits
     tokenizer.py       load a tokenizer.json / folder / hub id, or train bpe|wordpiece|unigram (cached)
-    prepare.py         prepare(cfg.data) -> PreparedData: the cache key, the atomic build, reuse
+    prepare.py         prepare(cfg.data) -> PreparedData: the cache key, the atomic build, checked reuse
     cache.py           cache layout, key hash, locked atomic entries, list/clear
     causal_lm.py       documents -> EOS-separated flat tokens -> blocks (what training uses today)
     sft.py             prompt/response -> masked labels, optional packing

@@ -5,7 +5,8 @@ exactly what changes the bytes inside (see `key_hash`); the readable part only h
 
 An entry is committed by renaming a finished temporary directory into place, so a reader sees either no
 entry or a complete one; an exclusive lock file makes a second process wait for the first and then reuse
-its result instead of building the same entry twice.
+its result instead of building the same entry twice. An entry damaged later (a file cut short by a full
+disk or a bad copy) is found by the caller's `check` and rebuilt the same way, replacing it once complete.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from rafale.files import replace_dir
 
 FORMAT_VERSION = 2  # bump when the bytes a pipeline writes change meaning
 
@@ -46,12 +49,13 @@ def file_sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def build_entry(final: Path, on_wait=None) -> Iterator[Path | None]:
+def build_entry(final: Path, log=None, check: Callable[[Path], str | None] | None = None) -> Iterator[Path | None]:
     """Build a cache entry atomically.
 
-    Yields None when `final` already exists (possibly built by another process while this one waited for
-    the lock); otherwise yields an empty temporary directory to fill, renamed to `final` on success and
-    removed on any failure or interruption. `on_wait(message)` is called if another process holds the lock.
+    Yields None when `final` already exists and `check(final)` finds nothing wrong (it may have been built
+    by another process while this one waited for the lock); otherwise yields an empty temporary directory
+    to fill, which replaces `final` on success and is removed on any failure or interruption. `log(message)`
+    hears about waiting for another process's lock and about a damaged entry being rebuilt.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     lock_path = final.parent / f".{final.name}.lock"
@@ -59,20 +63,23 @@ def build_entry(final: Path, on_wait=None) -> Iterator[Path | None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if on_wait is not None:
-                on_wait(f"waiting for another process that is preparing {final}")
+            if log is not None:
+                log(f"waiting for another process that is preparing {final}")
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if final.exists():
+            problem = check(final) if check is not None and final.exists() else None
+            if final.exists() and problem is None:
                 yield None
                 return
+            if problem is not None and log is not None:
+                log(f"damaged cache entry {final}: {problem}; rebuilding it")
             for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed process
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
             tmp.mkdir()
             try:
                 yield tmp
-                os.rename(tmp, final)
+                replace_dir(tmp, final)
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -80,11 +87,7 @@ def build_entry(final: Path, on_wait=None) -> Iterator[Path | None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-# ---- browsing: `rafale cache list` / `rafale cache clear` ---------------------------------------------
+# ---- browsing: `rafale cache list` / `clear` / `verify` -----------------------------------------------
 def entries() -> list[dict]:
     """Every finished entry: kind, name, path, size in bytes, tokens (data only), last used (mtime)."""
     out = []
@@ -106,14 +109,24 @@ def entries() -> list[dict]:
     return out
 
 
-def clear(name: str | None = None) -> list[Path]:
-    """Remove the entry called `name` (or every entry when None), each under its lock; returns the paths."""
+def find(name: str | None = None) -> list[Path]:
+    """The entry called `name`, or every entry when None.
+
+    Raises:
+        DataError: no entry is called `name` (the message lists the entries there are).
+    """
     from rafale.errors import DataError
 
     found = [e["path"] for e in entries() if name is None or e["name"] == name]
     if name is not None and not found:
         known = ", ".join(e["name"] for e in entries()) or "none"
         raise DataError(f"cache: no entry named {name!r} under {cache_root()}; entries: {known}")
+    return found
+
+
+def clear(name: str | None = None) -> list[Path]:
+    """Remove the entry called `name` (or every entry when None), each under its lock; returns the paths."""
+    found = find(name)
     for path in found:
         with open(path.parent / f".{path.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

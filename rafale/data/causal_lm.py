@@ -73,13 +73,19 @@ def collator(meta: dict, **_):
     return collate
 
 
+def file_sizes(path: Path, meta: dict) -> dict[str, int]:
+    """The size each split's token file must have: its whole blocks in meta's dtype."""
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    return {f"{split}.bin": s["blocks"] * meta["block_size"] * itemsize for split, s in meta["splits"].items()}
+
+
 # ---- building ----------------------------------------------------------------------------------------
 def token_dtype(tok: TokenizerInfo):
     return np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
 
 
-def build(cfg: DataConfig, splits: dict, tok: TokenizerInfo, out: Path, progress, separator: int | None = None,
-          what: str = "causal_lm") -> dict:
+def build(cfg: DataConfig, splits: dict, tok: TokenizerInfo, out: Path, progress,
+          separator: int | None = None) -> dict:
     """Tokenize each split, append `separator` (EOS by default) to each document, write whole blocks."""
     dtype = token_dtype(tok)
     sep = tok.eos_id if separator is None else separator
@@ -126,18 +132,3 @@ def tokenize_flat(docs: list[str], tok: TokenizerInfo, sep: int, dtype, on_batch
             if on_batch is not None:
                 on_batch(len(encs), n_tokens)
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
-
-
-def prepare(cfg: DataConfig, console=None):
-    """Prepare (or reuse) the cached data for `cfg` (any pipeline; see rafale/data/prepare.py)."""
-    from rafale.data.prepare import prepare as _prepare
-
-    return _prepare(cfg, console)
-
-
-def __getattr__(name):  # PreparedData lives in prepare.py; the training code imports it from here
-    if name == "PreparedData":
-        from rafale.data.prepare import PreparedData
-
-        return PreparedData
-    raise AttributeError(name)

@@ -19,7 +19,7 @@ from rafale.data.causal_lm import token_dtype
 from rafale.data.tokenizer import CLS_CANDIDATES, SEP_CANDIDATES, TokenizerInfo
 from rafale.errors import DataError
 
-dataset, collator = examples.dataset, examples.collator
+dataset, collator, file_sizes = examples.dataset, examples.collator, examples.file_sizes
 
 
 def fields(cfg: DataConfig) -> list[str]:

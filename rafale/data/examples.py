@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.lib import format as npy
 
 
 class ArrayExamples(torch.utils.data.Dataset):
@@ -38,3 +39,16 @@ def dataset(path: Path, meta: dict, split: str):
 
 def collator(meta: dict, **_):
     return torch.utils.data.default_collate
+
+
+def file_sizes(path: Path, meta: dict) -> dict[str, int]:
+    """The size each array file must have: its .npy header (dtype, row shape) plus one row per example."""
+    sizes = {}
+    for split, s in meta["splits"].items():
+        for name in meta["arrays"]:
+            file = path / f"{split}.{name}.npy"
+            with open(file, "rb") as f:
+                v1 = npy.read_magic(f) == (1, 0)  # np.save writes 1.0 unless the header is huge
+                shape, _, dtype = (npy.read_array_header_1_0 if v1 else npy.read_array_header_2_0)(f)
+                sizes[file.name] = f.tell() + s["examples"] * int(np.prod(shape[1:])) * dtype.itemsize
+    return sizes

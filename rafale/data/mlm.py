@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 
 from rafale.config import DataConfig
-from rafale.data import causal_lm
+from rafale.data import IGNORE_INDEX, causal_lm
 from rafale.data.tokenizer import MASK_CANDIDATES, SEP_CANDIDATES, TokenizerInfo
 
-IGNORE = -100
 fields, params, texts_for_tokenizer = causal_lm.fields, causal_lm.params, causal_lm.texts_for_tokenizer
 
 
@@ -28,8 +27,7 @@ def build(cfg: DataConfig, splits: dict, tok: TokenizerInfo, out: Path, progress
     return meta
 
 
-def dataset(path: Path, meta: dict, split: str):
-    return causal_lm.dataset(path, meta, split)
+dataset, file_sizes = causal_lm.dataset, causal_lm.file_sizes
 
 
 class MLMCollator:
@@ -44,7 +42,7 @@ class MLMCollator:
         g = self.generator
         can = ~torch.isin(ids, self.special)
         picked = (torch.rand(ids.shape, generator=g) < self.p) & can
-        labels = torch.where(picked, ids, torch.full_like(ids, IGNORE))
+        labels = torch.where(picked, ids, torch.full_like(ids, IGNORE_INDEX))
         roll = torch.rand(ids.shape, generator=g)
         to_mask = picked & (roll < 0.8)
         to_random = picked & (roll >= 0.8) & (roll < 0.9)

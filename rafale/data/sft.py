@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from rafale.config import DataConfig
-from rafale.data import examples
+from rafale.data import IGNORE_INDEX, examples
 from rafale.data.causal_lm import token_dtype
 from rafale.data.tokenizer import TokenizerInfo
 from rafale.errors import DataError
 
-IGNORE = -100
-dataset, collator = examples.dataset, examples.collator
+dataset, collator, file_sizes = examples.dataset, examples.collator, examples.file_sizes
 
 
 def fields(cfg: DataConfig) -> list[str]:
@@ -47,11 +46,11 @@ def encode_pairs(prompts, responses, tok: TokenizerInfo, block_size: int):
     out, truncated, dropped = [], 0, 0
     for p, r in zip(enc(prompts), enc(responses)):
         ids = p + r + [tok.eos_id]
-        labels = [IGNORE] * len(p) + r + [tok.eos_id]
+        labels = [IGNORE_INDEX] * len(p) + r + [tok.eos_id]
         if len(ids) > block_size:
             truncated += 1
             ids, labels = ids[:block_size], labels[:block_size]
-        if all(x == IGNORE for x in labels):
+        if all(x == IGNORE_INDEX for x in labels):
             dropped += 1
             continue
         out.append((ids, labels))
@@ -70,7 +69,7 @@ def layout(pairs, block_size: int, pad_id: int, packing: bool) -> dict[str, np.n
         used += len(ids)
     n = len(rows)
     input_ids = np.full((n, block_size), pad_id, dtype=np.int64)
-    label_arr = np.full((n, block_size), IGNORE, dtype=np.int32)
+    label_arr = np.full((n, block_size), IGNORE_INDEX, dtype=np.int32)
     segments = np.zeros((n, block_size), dtype=np.uint16)
     for r, row in enumerate(rows):
         at = 0

@@ -27,15 +27,14 @@ import glob as globlib
 import hashlib
 import json
 import random
-import re
 from pathlib import Path
 
 from rafale.config import DataConfig
 from rafale.errors import DataError
+from rafale.files import is_hub_id
 
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
 EVAL_SPLIT_NAMES = ("validation", "valid", "val", "dev", "test", "eval")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _sources(cfg: DataConfig) -> list[str]:
@@ -61,7 +60,7 @@ def kind(cfg: DataConfig) -> str:
         path = Path(first).expanduser()
         if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()):
             return "disk"
-        if not path.exists() and not globlib.has_magic(first) and _HUB_ID.match(first) \
+        if not path.exists() and not globlib.has_magic(first) and is_hub_id(first) \
                 and path.suffix not in FILE_SUFFIXES:
             return "hub"
     return "files"
@@ -203,11 +202,6 @@ def split_columns(cols: dict, eval_split: float, seed: int) -> dict[str, dict]:
     held = set(_perm(n, seed)[:n_eval])
     return {"train": _take(cols, (i for i in range(n) if i not in held)),
             "eval": _take(cols, sorted(held))}
-
-
-def split_documents(docs: list[str], eval_split: float, seed: int) -> tuple[list[str], list[str]]:
-    out = split_columns({"text": docs}, eval_split, seed)
-    return out["train"]["text"], out["eval"]["text"]
 
 
 def _read_text(path: Path) -> str:

@@ -9,12 +9,12 @@ in a few tokens or scores); that is harmless here because a trained tokenizer is
 keyed by the tokenizer file's content.
 
 A trained tokenizer is cached under `$RAFALE_CACHE/tokenizers/`, keyed by the source fingerprint (which
-holds the split settings) and the training settings, so a second run finds it without reading any text.
+holds the split settings) and the training settings, so a second run finds it without reading any text;
+one whose tokenizer.json no longer loads is trained again.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +24,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from rafale.config import DataConfig
 from rafale.data.cache import build_entry, cache_root, file_sha256, key_hash, slug
 from rafale.errors import DataError
+from rafale.files import is_hub_id
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -74,7 +75,7 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
     if path.is_dir():
         path = path / "tokenizer.json"
     # a path that names a file (tokenizer.json) is a path, never a hub id: no network call for a typo
-    if not path.is_file() and not path.parent.exists() and _HUB_ID.match(given) and not given.endswith(".json"):
+    if not path.is_file() and not path.parent.exists() and is_hub_id(given) and not given.endswith(".json"):
         path = _from_hub(given)
     if not path.is_file():
         raise DataError(f"data.tokenizer.path: {path} does not exist; expected a tokenizer.json file, "
@@ -88,9 +89,6 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
         raise DataError(f"{path}: no end-of-text token; expected one of {', '.join(EOS_CANDIDATES)}")
     return TokenizerInfo(tok, path, file_sha256(path), eos, _first_id(tok, PAD_CANDIDATES),
                          _first_id(tok, BOS_CANDIDATES))
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _from_hub(repo: str) -> Path:
@@ -171,7 +169,7 @@ def get_tokenizer(cfg: DataConfig, source_fp: dict, train_docs: Callable[[], lis
     from rafale.data.sources import describe
 
     final = cache_root() / "tokenizers" / f"{slug(describe(cfg))}-{t.type}{t.vocab_size}-{key_hash(parts)}"
-    with build_entry(final, on_wait=log) as tmp:
+    with build_entry(final, log, check=damage) as tmp:
         if tmp is not None:
             docs = train_docs()  # reads the source: a bad one fails here, before any training
             tok = train_tokenizer(docs, t.type, t.vocab_size, t.min_frequency, specials)
@@ -180,3 +178,12 @@ def get_tokenizer(cfg: DataConfig, source_fp: dict, train_docs: Callable[[], lis
             short = f" (the corpus offers no more merges under min_frequency {t.min_frequency})" if n < t.vocab_size else ""
             log(f"trained a {t.type} tokenizer on {len(docs):,} train documents: {n} tokens of {t.vocab_size} asked{short}")
     return load_tokenizer(final / "tokenizer.json")
+
+
+def damage(entry: Path) -> str | None:
+    """What is wrong with a cached trained tokenizer, or None: its tokenizer.json must load."""
+    try:
+        Tokenizer.from_file(str(entry / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a bare Exception for missing and malformed files
+        return f"tokenizer.json does not load ({str(e).splitlines()[0][:120]})"
+    return None

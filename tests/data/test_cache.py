@@ -70,7 +70,7 @@ def test_cache_hit_first_batch_is_fast(corpus):
     prepare(data_cfg(source=str(corpus)))
     t0 = time.perf_counter()
     data = prepare(data_cfg(source=str(corpus)))
-    data.collator()([data.blocks("train")[i] for i in range(4)])
+    data.collator()([data.dataset("train")[i] for i in range(4)])
     assert data.reused and time.perf_counter() - t0 < 0.5
 
 
@@ -112,7 +112,7 @@ def test_sigkill_mid_preparation_leaves_nothing_valid(tmp_path, cache_dir):
     proc.wait()
     assert _entries(cache_dir) == []
     data = prepare(data_cfg(source=str(big), tokenizer={"path": str(tmp_path / "tok.json")}, block_size=64))
-    assert not data.reused and len(data.blocks("train")) > 0
+    assert not data.reused and len(data.dataset("train")) > 0
     assert not list((cache_dir / "data").glob(".*.tmp-*"))
 
 
@@ -146,3 +146,91 @@ def test_cache_list_and_clear(corpus, cache_dir):
     assert clear(data.path.name) == [data.path] and not data.path.exists()
     clear()
     assert entries() == []
+
+
+# ---- damaged entries: found on reuse and rebuilt; `rafale cache verify` -------------------------------
+WORDPIECE = {"train": {"type": "wordpiece", "vocab_size": 300, "min_frequency": 1}}
+PIPELINES = {"causal_lm": {}, "mlm": dict(tokenizer=WORDPIECE), "sft": dict(block_size=24),
+             "classification": dict(tokenizer=WORDPIECE, block_size=40)}
+
+
+def pipeline_cfg(tmp_path, pipeline: str):
+    rows = [{"text": s, "prompt": s[:20], "generation": s[20:], "label": i % 2} for i, s in enumerate(sentences(80))]
+    return data_cfg(pipeline=pipeline, source=str(write_jsonl(tmp_path / "a.jsonl", rows)), **PIPELINES[pipeline])
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_a_truncated_file_is_reported_and_the_entry_rebuilt(tmp_path, capsys, pipeline):
+    from rafale.data.prepare import damage, pipeline_module
+
+    cfg = pipeline_cfg(tmp_path, pipeline)
+    first = prepare(cfg)
+    name, size = next(iter(pipeline_module(pipeline).file_sizes(first.path, first.meta).items()))  # a train file
+    os.truncate(first.path / name, size // 2)  # a full disk, a copy gone wrong
+    capsys.readouterr()
+    again = prepare(cfg)
+    said = capsys.readouterr().out
+    assert f"damaged cache entry {first.path}: {name} has {size // 2:,} bytes where meta.json implies {size:,}" in said
+    assert not again.reused and again.path == first.path and damage(again.path, hashes=True) is None
+    assert again.meta["sha256"] == first.meta["sha256"]  # the same bytes as before the damage
+    assert prepare(cfg).reused
+
+
+@pytest.mark.parametrize("harm, said", [(lambda meta: meta.unlink(), "meta.json is missing"),
+                                        (lambda meta: meta.write_text("{"), "meta.json cannot be read")])
+def test_a_missing_or_unreadable_meta_json_is_damage(corpus, capsys, harm, said):
+    first = prepare(data_cfg(source=str(corpus)))
+    harm(first.path / "meta.json")
+    capsys.readouterr()
+    again = prepare(data_cfg(source=str(corpus)))
+    assert f"damaged cache entry {first.path}: {said}" in capsys.readouterr().out and not again.reused
+
+
+def test_a_failed_rebuild_leaves_the_damaged_entry_as_it_was(corpus, cache_dir, monkeypatch):
+    from rafale.data import causal_lm
+
+    first = prepare(data_cfg(source=str(corpus)))
+    os.truncate(first.path / "train.bin", 10)
+
+    def build(*args):
+        raise KeyboardInterrupt  # Ctrl-C half way through the rebuild
+
+    monkeypatch.setattr(causal_lm, "build", build)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(data_cfg(source=str(corpus)))
+    assert (first.path / "train.bin").stat().st_size == 10 and _entries(cache_dir) == [first.path.name]
+    assert not list((cache_dir / "data").glob(".*.tmp-*"))
+
+
+def _cache_cli(cache_dir, *args):
+    env = {**os.environ, "RAFALE_CACHE": str(cache_dir), "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "COLUMNS": "300"}
+    return subprocess.run([sys.executable, "-m", "rafale", "cache", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cache_verify_cli(corpus, cache_dir):
+    old = prepare(data_cfg(source=str(corpus)))
+    meta = json.loads((old.path / "meta.json").read_text())
+    del meta["sha256"]  # as an entry built before hashes were recorded
+    (old.path / "meta.json").write_text(json.dumps(meta))
+    new = prepare(data_cfg(source=str(corpus), block_size=8))
+    out = _cache_cli(cache_dir, "verify")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert f"{old.path.name}: ok (no recorded hashes; size checks only)" in lines and f"{new.path.name}: ok" in lines
+    assert len(lines) == 3  # and the trained tokenizer's entry
+
+    with open(new.path / "train.bin", "r+b") as f:  # same size, other bytes: only the hash tells
+        first_byte = f.read(1)
+        f.seek(0)
+        f.write(bytes([first_byte[0] ^ 1]))
+    out = _cache_cli(cache_dir, "verify")
+    assert out.returncode == 2
+    assert (f"{new.path.name}: damaged: train.bin differs from the sha256 recorded when it was built; remove it "
+            f"with `rafale cache clear {new.path.name}`, or let the next run that uses it rebuild it") in out.stdout
+
+    out = _cache_cli(cache_dir, "verify", old.path.name)
+    assert out.returncode == 0 and out.stdout.count("\n") == 1
+    out = _cache_cli(cache_dir, "verify", "nope")
+    assert out.returncode == 2 and out.stderr.startswith("error: cache: no entry named 'nope'")
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from rafale.data.prepare import prepare
-from rafale.data.sft import IGNORE, layout
+from rafale.data import IGNORE_INDEX as IGNORE
+from rafale.data.sft import layout
 from rafale.errors import DataError
 from tests.data.conftest import data_cfg, sentences, write_jsonl
 
@@ -13,7 +14,7 @@ from tests.data.conftest import data_cfg, sentences, write_jsonl
 def test_causal_lm_blocks_and_eos(tmp_path):
     (tmp_path / "a.txt").write_text("\n\n".join(sentences(60)))
     data = prepare(data_cfg(source=str(tmp_path / "a.txt"), eval_split=0.1))
-    train = data.blocks("train")
+    train = data.dataset("train")
     assert len(train) == data.meta["splits"]["train"]["blocks"] > 0
     batch = data.collator()([train[0], train[1]])
     assert batch["input_ids"].shape == (2, 16)
