@@ -373,10 +373,9 @@ def hf_to_rafale(hf_sd: dict, model: nn.Module, where) -> tuple[dict, list[str],
                 problems.append(f"'{source[ours]}' and '{key}' both load into '{ours}' but differ")
             continue
         state[ours], source[ours] = t, key
-    heads = isinstance(model.config, EncoderConfig)  # an encoder's head may be absent from either side
 
-    def is_head(name):
-        return heads and not name.startswith("encoder.")
+    def is_head(name):  # an encoder's head, which may be absent from either side
+        return isinstance(model.config, EncoderConfig) and not name.startswith("encoder.")
 
     missing = [k for k in expected if k not in state]
     initialized = [k for k in missing if is_head(k)]

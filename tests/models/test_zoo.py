@@ -97,8 +97,10 @@ def test_decoder_has_no_other_head(ckpts):
 
 # ---- bad checkpoints through from_pretrained, for both families: one message shape, naming the path ----
 
-# A layer-1 tensor of shape (32, 64) in each family's names; "{}" is the layer number.
-TENSOR = {"neox": "gpt_neox.layers.{}.mlp.dense_4h_to_h.weight", "bert-mlm": "bert.encoder.layer.{}.output.dense.weight"}
+# Each function below spoils a copy of a good checkpoint and returns (what to load, the error it must give).
+# `t` is a layer-1 tensor of shape (32, 64) in the family's names, "{}" for the layer number.
+TENSOR = {"neox": "gpt_neox.layers.{}.mlp.dense_4h_to_h.weight",
+          "bert-mlm": "bert.encoder.layer.{}.output.dense.weight"}
 
 
 def edit_tensors(path, edit):
@@ -129,12 +131,13 @@ def only_a_vocab(path, t):
 
 def no_weights(path, t):
     (path / "model.safetensors").rename(path / "model.safetensors.bak")
-    return path, rf"no model.safetensors or model.safetensors.index.json \(found: config.json.*model.safetensors.bak"
+    return path, r"no model.safetensors or model.safetensors.index.json \(found: config.json.*model.safetensors.bak"
 
 
 def pickle_only(path, t):
     (path / "model.safetensors").rename(path / "pytorch_model.bin")
-    return path, rf"only pickle weights \(\*.bin/\*.pt\), no safetensors \({found(path)}\); rafale reads safetensors only"
+    return path, (rf"only pickle weights \(\*.bin/\*.pt\), no safetensors \({found(path)}\); "
+                  "rafale reads safetensors only")
 
 
 def truncated(path, t):
