@@ -20,26 +20,23 @@ from typing import Optional
 import torch
 
 from rafale.errors import ModelError
-from rafale.models import encoder_weights, weights
-from rafale.models.checkpoint import LoadReport, check_hf_weights, checkpoint_name, locate, read_hf_config
+from rafale.models.checkpoint import (LoadReport, check_readable_weights, checkpoint_name, locate, read_hf_config,
+                                      read_hf_weights)
 from rafale.models.decoder import Decoder, DecoderConfig, KVCache
 from rafale.models.encoder import Encoder, EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
-from rafale.models.encoder_weights import export_hf_encoder, load_hf_encoder
+from rafale.models.encoder_weights import HEAD_CLASSES, head_from_checkpoint
 from rafale.models.registry import get_config, list_models
-from rafale.models.weights import export_hf, load_hf_checkpoint
+from rafale.models.weights import config_from_hf, export_model, load_weights
 
 __all__ = [
     "Decoder", "DecoderConfig", "Encoder", "EncoderConfig", "EncoderForMaskedLM", "EncoderForSequenceClassification",
-    "KVCache", "LoadReport", "config_from_weights", "export_hf", "export_hf_encoder", "export_model", "from_pretrained",
-    "get_config",
-    "list_models", "load_hf_checkpoint", "load_hf_encoder", "load_pretrained", "model_from_config",
-    "resolve_model_config",
+    "KVCache", "LoadReport", "config_from_weights", "export_model", "from_pretrained", "get_config", "list_models",
+    "load_pretrained", "model_from_config", "resolve_model_config",
 ]
 
 FROM_WEIGHTS = "from_weights"  # model.config value: take the shapes from the checkpoint's config.json
 # Fields that do not change any tensor's shape: a checkpoint loads into a config that differs only in these.
 NON_SHAPE_FIELDS = {"name", "dropout", "attn_dropout", "init_std", "num_labels"}
-ENCODER_HEADS = encoder_weights.HEADS  # "backbone": Encoder, "mlm": EncoderForMaskedLM, "classification": ...
 
 
 def config_from_weights(path) -> DecoderConfig | EncoderConfig:
@@ -49,15 +46,7 @@ def config_from_weights(path) -> DecoderConfig | EncoderConfig:
         ModelError: no config.json (the message lists what is there), or a model_type rafale has no model for.
     """
     path = Path(path)
-    hf = read_hf_config(path)
-    model_type, name = hf.get("model_type"), checkpoint_name(path)
-    if model_type in weights.NAME_MAPS:
-        return weights.config_from_hf(hf, name=name)
-    if model_type in encoder_weights.NAME_MAPS:
-        return encoder_weights.encoder_config_from_hf(hf, name=name, source=str(path / "config.json"))
-    known = sorted([*weights.NAME_MAPS, *encoder_weights.NAME_MAPS])
-    raise ModelError(f"{path / 'config.json'}: model_type {model_type!r} is not a family rafale has a model for; "
-                     f"expected one of {', '.join(known)}")
+    return config_from_hf(read_hf_config(path), name=checkpoint_name(path), source=path / "config.json")
 
 
 def check_same_shapes(config, checkpoint_config, where) -> None:
@@ -90,13 +79,13 @@ def resolve_model_config(name: str, weights_path=None, **overrides) -> DecoderCo
         config = get_config(name, **overrides)
         if weights_path is not None:
             path = locate(weights_path)
-            check_hf_weights(path)
+            check_readable_weights(path)
             check_same_shapes(config, config_from_weights(path), path)
         return config
     if weights_path is None:
         raise ModelError(f"model.config: {FROM_WEIGHTS} needs model.weights (a model dir, a run dir or a hub id)")
     path = locate(weights_path)
-    check_hf_weights(path)
+    check_readable_weights(path)
     config = config_from_weights(path)
     fields = sorted(f.name for f in dataclasses.fields(config))
     unknown = sorted(set(overrides) - set(fields))
@@ -113,14 +102,9 @@ def model_from_config(config: DecoderConfig | EncoderConfig, head: str = "mlm") 
     """A randomly initialised model for a config; `head` picks an encoder's head (decoders have one)."""
     if isinstance(config, DecoderConfig):
         return Decoder(config)
-    if head not in ENCODER_HEADS:
-        raise ModelError(f"model.head: {head!r} is not one of {', '.join(ENCODER_HEADS)}")
-    return ENCODER_HEADS[head](config)
-
-
-def export_model(model: torch.nn.Module, out_dir) -> Path:
-    """Write any rafale model as config.json + model.safetensors in HF layout (export_hf or export_hf_encoder)."""
-    return export_hf(model, out_dir) if isinstance(model, Decoder) else export_hf_encoder(model, out_dir)
+    if head not in HEAD_CLASSES:
+        raise ModelError(f"model.head: {head!r} is not one of {', '.join(HEAD_CLASSES)}")
+    return HEAD_CLASSES[head](config)
 
 
 def load_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[int] = None,
@@ -140,7 +124,8 @@ def load_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[in
     Returns:
         (model, report)
     Raises:
-        ModelError: see checkpoint.locate, config_from_weights, load_hf_checkpoint and load_hf_encoder.
+        ModelError: see checkpoint.locate, config_from_weights and weights.hf_to_rafale (one message for
+            missing, unexpected and wrong-shape tensors).
     """
     path = locate(weights_path)
     checkpoint_config = config_from_weights(path)
@@ -152,21 +137,19 @@ def load_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[in
             raise ModelError(f"{path}: num_labels is for an encoder's classification head; this is a decoder")
         config = dataclasses.replace(config, num_labels=num_labels)
         head = "classification" if head == "auto" else head
+    hf_sd = read_hf_weights(path)
     if isinstance(config, DecoderConfig):
         if head not in ("auto", "lm"):
             raise ModelError(f"{path}: a decoder checkpoint has only its language-model head, not {head!r}")
-        _, state_dict = load_hf_checkpoint(path)
-        with torch.device("meta"):
-            model = Decoder(config)  # no memory and no random init: the checkpoint fills everything
-        model.to_empty(device=device)
-        model.to(dtype or torch.float32)
-        model.init_buffers()
-        model.load_state_dict(state_dict, strict=True)
-        report = LoadReport(head="lm")
+        model_class, head = Decoder, "lm"
     else:
-        model, report = load_hf_encoder(path, head=head, config=config)
-        model.to(device=device, dtype=dtype or torch.float32)
-    return model.eval(), report
+        if head == "auto":
+            head = head_from_checkpoint(read_hf_config(path), hf_sd, path / "config.json")
+        if head not in HEAD_CLASSES:
+            raise ModelError(f"head '{head}' is not one of auto, {', '.join(HEAD_CLASSES)}")
+        model_class = HEAD_CLASSES[head]
+    model, initialized, ignored = load_weights(model_class, config, hf_sd, path, device, dtype or torch.float32)
+    return model.eval(), LoadReport(head, initialized, ignored)
 
 
 def from_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[int] = None,

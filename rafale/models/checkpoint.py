@@ -1,34 +1,30 @@
-"""Finding and reading Hugging Face-layout checkpoints, for every family: the part that is not about names.
+"""Finding, reading and writing Hugging Face-layout checkpoints, for every family: the part that is not about names.
 
     locate("runs/quickstart")          -> runs/quickstart/final   (a run dir: its final/ export)
     locate("EleutherAI/pythia-14m")    -> the hub snapshot dir     (config, safetensors, tokenizer files only)
     read_hf_config(path)               -> config.json as a dict
     read_hf_weights(path)              -> {name: tensor} from model.safetensors or its shards
-    map_key(name, name_map)            -> one tensor name through a family's flat name map
+    write_hf_dir(out, config, tensors) -> out/config.json + out/model.safetensors, each written atomically
 
-The family modules (weights.py for decoders, encoder_weights.py for encoders) own the name maps and the
-config translation; this module owns the files. Safetensors only: a pickled .bin checkpoint can run
+weights.py owns the names (the flat name maps, the conversion both ways) and encoder_weights.py the
+encoders' part of them; this module owns the files. Safetensors only: a pickled .bin checkpoint can run
 arbitrary code when it is loaded, so rafale never opens one.
 """
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
+import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from rafale.errors import ModelError
+from rafale.files import atomic_path, is_hub_id, write_json
 
 # What a hub download fetches: configs, weights and tokenizer files; never pickles, never the training logs.
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "vocab.*", "merges.txt", "*.model"]
-# "org/name", as the hub spells repository ids; anything else is only ever a local path (a bare "name" too:
-# a mistyped local dir should not go to the network).
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-LAYER_NUMBER = re.compile(r"\.(\d+)\.")
 
 
 @dataclass
@@ -74,7 +70,7 @@ def locate(weights: str | os.PathLike) -> Path:
     if path.exists():
         raise ModelError(f"{path}: is a file; expected an HF-layout model dir (config.json + model.safetensors), "
                          f"a rafale run dir or a hub id")
-    if not HUB_ID.match(str(weights)):
+    if not is_hub_id(weights):
         raise ModelError(f"{path}: no such directory; expected an HF-layout model dir (config.json + "
                          f"model.safetensors), a rafale run dir or a hub id like EleutherAI/pythia-14m")
     return download(str(weights))
@@ -175,7 +171,7 @@ def weight_files(path: Path) -> list[Path]:
                      f"rafale reads safetensors weights only")
 
 
-def check_hf_weights(path: Path) -> None:
+def check_readable_weights(path: Path) -> None:
     """Fail fast, before any data work, on an HF-layout dir whose weights rafale cannot read (see
     weight_files), or whose files have a header that does not parse or data cut short. Reads only headers.
     """
@@ -195,18 +191,14 @@ def read_hf_weights(path: Path) -> dict:
     return tensors
 
 
-def map_key(key: str, name_map: dict) -> Optional[str]:
-    """Translate one tensor name through a flat name map; the layer number travels through the `{}` slot.
+def write_hf_dir(out, hf_config: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write config.json and model.safetensors into `out` (created if missing); transformers reads the pair.
 
-    Returns the rafale name, or None for a tensor the map drops (buffers rafale recomputes).
-
-    Raises:
-        ModelError: the name (with its layer number templatised) is not in the map.
+    Each file is written under a temporary name and renamed, so a failure leaves no half-written file.
     """
-    match = LAYER_NUMBER.search(key)
-    template = LAYER_NUMBER.sub(".{}.", key, count=1) if match else key
-    if template not in name_map:
-        example = next((k for k in name_map if "{}" in k), next(iter(name_map)))
-        raise ModelError(f"unknown tensor name {key!r}; expected names like {example!r}")
-    target = name_map[template]
-    return target.format(match.group(1)) if target is not None and match else target
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, tmp, metadata={"format": "pt"})
+    write_json(out / "config.json", hf_config)
+    return out

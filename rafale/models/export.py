@@ -3,7 +3,7 @@
     export_run("runs/quickstart", "out/quickstart-hf")
       -> out/quickstart-hf/config.json, model.safetensors, tokenizer.json, tokenizer_config.json
 
-The weights go through the same exporters as a run's final/ (weights.export_hf, export_hf_encoder), so the
+The weights go through the same exporter as a run's final/ (weights.export_model), so the
 output is what transformers' Auto classes load. A rafale tokenizer.json is plain `tokenizers` JSON; the
 tokenizer_config.json written next to it names PreTrainedTokenizerFast and the special tokens, which is
 all AutoTokenizer needs. Verification (transformers installed, not --no-verify) reloads the written dir
@@ -11,7 +11,6 @@ with the Auto class of its architecture and compares logits on a few tokens, and
 the tokenizer's, before anything is moved into place: the output dir appears complete, verified, or not at all.
 """
 
-import json
 import os
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from typing import Optional
 import torch
 
 from rafale.errors import ModelError
+from rafale.files import replace_dir, write_json
 from rafale.models.checkpoint import listing, locate
 
 # Special tokens that tokenizer_config.json names when the vocabulary has them: rafale's own first, then
@@ -122,16 +122,14 @@ def export_run(src, out, *, force: bool = False, verify: bool = True) -> ExportR
         ModelError: a bad source (see from_pretrained), a non-empty `out` without force.
         RuntimeError: transformers loads the export but computes different logits (a bug in rafale).
     """
-    from rafale.models import Decoder, export_model, load_pretrained
-    from rafale.models.encoder_weights import hf_family
+    from rafale.models import export_model, load_pretrained
     from rafale.models.weights import hf_model_type
 
     out = Path(out).expanduser()
     _prepare_out_dir(out, force)
     path = locate(src)
     model, report = load_pretrained(path)
-    is_decoder = isinstance(model, Decoder)
-    family = hf_model_type(model.config) if is_decoder else hf_family(model.config)
+    family = hf_model_type(model.config)
     tokenizer_json = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else None
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -145,8 +143,7 @@ def export_run(src, out, *, force: bool = False, verify: bool = True) -> ExportR
             if (path / name).is_file():
                 shutil.copyfile(path / name, tmp / name)
         if tokenizer_json is not None and not (path / "tokenizer_config.json").is_file():
-            config = tokenizer_config(tokenizer_json, model.config.max_seq_len)
-            (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+            write_json(tmp / "tokenizer_config.json", tokenizer_config(tokenizer_json, model.config.max_seq_len))
         verified, why_not = None, None
         if not verify:
             why_not = "--no-verify"
@@ -160,13 +157,7 @@ def export_run(src, out, *, force: bool = False, verify: bool = True) -> ExportR
         files = sorted(p.name for p in tmp.iterdir())
         for name in files:  # safetensors writes 0600; an export is meant to be shared like any other file
             os.chmod(tmp / name, 0o666 & ~umask)
-        if out.exists():  # --force, checked above: swap the old dir out only now that the new one is complete
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)  # an existing out (--force, checked above) goes only now that the new one is complete
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -19,7 +19,6 @@ import torch
 from rafale.errors import ModelError
 from rafale.models.decoder import Decoder, DecoderConfig
 from rafale.models.encoder import EncoderConfig, EncoderForMaskedLM
-from rafale.models.encoder_weights import hf_family
 from rafale.models.weights import hf_model_type
 
 # The switches each family shares; the entries below add their sizes.
@@ -159,7 +158,7 @@ def list_models() -> list[tuple[str, str, int]]:
         config = get_config(name)
         with torch.device("meta"):
             if isinstance(config, EncoderConfig):
-                family, n_params = hf_family(config), sum(p.numel() for p in EncoderForMaskedLM(config).parameters())
+                family, n_params = hf_model_type(config), sum(p.numel() for p in EncoderForMaskedLM(config).parameters())
             else:
                 family, n_params = hf_model_type(config), Decoder(config).num_params()
         rows.append((name, family, n_params))

@@ -1,30 +1,37 @@
-"""Hugging Face checkpoints <-> rafale decoders: config translation, weight names, load and export.
+"""Hugging Face checkpoints <-> rafale models, for every family: name maps, configs, load and export.
 
-Reading the files (config.json, safetensors shards) and map_key live in checkpoint.py, shared with encoders.
-
-Three transformers architectures map onto the decoder: gpt_neox (Pythia), llama (SmolLM, TinyLlama,
-Llama 3.x) and qwen2 (Qwen2.5). Loading goes
-    config.json -> config_from_hf() -> DecoderConfig
-    tensors     -> strict check (names, shapes, dtypes) -> map_key() per tensor -> layout fixes
-where the layout fixes are the two places rafale's fused `attn.qkv` differs from a checkpoint:
-NeoX interleaves q/k/v per head, Llama keeps q/k/v in three matrices. Export runs the same steps
-backwards (inverted name map) and writes model.safetensors + config.json that transformers loads.
+One flat name map per family, {hf_name: rafale_name} with "{}" for the layer number (GPT_NEOX and LLAMA
+here, BERT and ROBERTA in encoder_weights.py), and one path through them. Loading goes
+    config.json -> config_from_hf() -> DecoderConfig or EncoderConfig
+    tensors     -> map_key() per name -> hf_to_rafale() checks names, shapes, dtypes against a model
+                   on the meta device, and the layout fixes -> load_weights(): to_empty + strict load
+where the layout fixes are the two places rafale's fused `attn.qkv` differs from a checkpoint: NeoX
+interleaves q/k/v per head, Llama and Qwen2 keep q/k/v in three matrices. Export runs the same steps
+backwards (the inverted map, then the fixes undone) and writes config.json + model.safetensors that
+transformers' Auto classes load.
 
 transformers itself is never imported here; the tests compare against it.
 """
 
-import json
-import os
+import re
 from pathlib import Path
+from typing import Optional
 
 import torch
-from safetensors.torch import save_file
+import torch.nn as nn
 
 from rafale.errors import ModelError
-from rafale.models.checkpoint import map_key, names, read_hf_config, read_hf_weights
+from rafale.models import encoder
+from rafale.models.checkpoint import names, write_hf_dir
 from rafale.models.decoder import Decoder, DecoderConfig
+from rafale.models.encoder import Encoder, EncoderConfig
+from rafale.models.encoder_weights import (HEAD_CLASSES, canonical_key, encoder_config_from_hf,
+                                           encoder_config_to_hf)
+from rafale.models.encoder_weights import NAME_MAPS as ENCODER_MAPS
 
-# --- name maps: {hf_name: rafale_name}, "{}" is the layer number, None drops the tensor ---------------------
+LAYER_NUMBER = re.compile(r"\.(\d+)\.")
+
+# --- decoder name maps: {hf_name: rafale_name}, "{}" is the layer number, None drops the tensor ------------
 
 GPT_NEOX = {
     "gpt_neox.embed_in.weight": "wte.weight",
@@ -74,8 +81,43 @@ LLAMA = {  # also Qwen2, whose q/k/v carry biases
     "model.rotary_emb.inv_freq": None,
 }
 
-NAME_MAPS = {"gpt_neox": GPT_NEOX, "llama": LLAMA, "qwen2": LLAMA}
-ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+NAME_MAPS = {"gpt_neox": GPT_NEOX, "llama": LLAMA, "qwen2": LLAMA, **ENCODER_MAPS}
+ARCHITECTURES = {  # model_type -> {rafale head: the transformers class of that head}
+    "gpt_neox": {"lm": "GPTNeoXForCausalLM"},
+    "llama": {"lm": "LlamaForCausalLM"},
+    "qwen2": {"lm": "Qwen2ForCausalLM"},
+    "bert": {"backbone": "BertModel", "mlm": "BertForMaskedLM", "classification": "BertForSequenceClassification"},
+    "roberta": {"backbone": "RobertaModel", "mlm": "RobertaForMaskedLM",
+                "classification": "RobertaForSequenceClassification"},
+}
+
+
+def map_key(key: str, name_map: dict) -> Optional[str]:
+    """Translate one tensor name through a flat name map; the layer number travels through the `{}` slot.
+
+    Returns the rafale name, or None for a tensor the map drops (buffers rafale recomputes).
+
+    Raises:
+        ModelError: the name (with its layer number templatised) is not in the map.
+    """
+    match = LAYER_NUMBER.search(key)
+    template = LAYER_NUMBER.sub(".{}.", key, count=1) if match else key
+    if template not in name_map:
+        example = next((k for k in name_map if "{}" in k), next(iter(name_map)))
+        raise ModelError(f"unknown tensor name {key!r}; expected names like {example!r}")
+    target = name_map[template]
+    return target.format(match.group(1)) if target is not None and match else target
+
+
+def inverted(name_map: dict) -> dict:
+    """{rafale_name: hf_name}. Where two HF names load into one rafale tensor (a tied weight, an old
+    duplicate), the first one listed, today's spelling, wins."""
+    inverse = {}
+    for hf_name, ours in name_map.items():
+        if ours is not None:
+            inverse.setdefault(ours, hf_name)
+    return inverse
+
 
 # --- layout fixes --------------------------------------------------------------------------------------------
 
@@ -108,12 +150,45 @@ def split_qkv(sd: dict, config: DecoderConfig) -> dict:
     return sd
 
 
+def to_map_names(sd: dict, model: nn.Module) -> dict:
+    """A rafale state dict under the names and in the layout the flat maps use (the fixes undone)."""
+    if isinstance(model, Encoder):
+        return {f"encoder.{k}": t for k, t in sd.items()}  # the maps name a bare backbone as the heads do
+    if not isinstance(model, Decoder):
+        return sd
+    if hf_model_type(model.config) == "gpt_neox":
+        return {k: rafale_qkv_to_neox(t, model.config.n_head) if ".attn.qkv." in k else t for k, t in sd.items()}
+    return split_qkv(sd, model.config)
+
+
+def from_map_names(sd: dict, model: nn.Module) -> dict:
+    """Inverse of to_map_names: the layout fixes applied, the model's own names."""
+    if isinstance(model, Encoder):
+        return {k.removeprefix("encoder."): t for k, t in sd.items()}
+    if not isinstance(model, Decoder):
+        return sd
+    if hf_model_type(model.config) == "gpt_neox":
+        return {k: neox_qkv_to_rafale(t, model.config.n_head) if ".attn.qkv." in k else t for k, t in sd.items()}
+    return fuse_qkv(sd)
+
+
 # --- configs ---------------------------------------------------------------------------------------------------
 
 
-def hf_model_type(config: DecoderConfig) -> str:
-    """The transformers architecture whose switches match this config: 'gpt_neox', 'llama' or 'qwen2'."""
+def hf_model_type(config: DecoderConfig | EncoderConfig) -> str:
+    """The transformers model_type whose switches match this config: gpt_neox, llama, qwen2, bert or roberta.
+
+    Raises:
+        ModelError: no transformers architecture has this config's combination of switches.
+    """
     c = config
+    if isinstance(c, EncoderConfig):
+        if c.classifier == "bert" and c.position_offset == 0:
+            return "bert"
+        if c.classifier == "roberta" and c.position_offset > 0:
+            return "roberta"
+        raise ModelError(f"encoder config '{c.name}': classifier '{c.classifier}' with position_offset "
+                         f"{c.position_offset} is neither HF BERT ('bert', 0) nor RoBERTa ('roberta', pad + 1)")
     llama_like = c.norm == "rmsnorm" and c.mlp == "swiglu" and not c.parallel_residual and c.rotary_pct == 1.0
     if c.norm == "layernorm" and c.mlp == "gelu" and c.bias and c.n_kv_head == c.n_head:
         return "gpt_neox"
@@ -129,24 +204,31 @@ def hf_model_type(config: DecoderConfig) -> str:
     )
 
 
-def config_from_hf(hf: dict, name: str = "decoder") -> DecoderConfig:
-    """Translate a transformers config.json (as a dict) into a DecoderConfig. The one place that does.
+def config_from_hf(hf: dict, name: Optional[str] = None, source="config.json") -> DecoderConfig | EncoderConfig:
+    """Translate a transformers config.json (as a dict) into a rafale config, for any family. The one place
+    that does (encoders: encoder_weights.encoder_config_from_hf).
 
     Reads both the transformers 4.x keys (rotary_pct, rope_theta, rope_scaling) and 5.x's rope_parameters.
-    Missing keys take transformers' defaults for that architecture.
+    Missing keys take transformers' defaults for that architecture. `name` defaults to "decoder" or the
+    encoder's model_type; `source` is where `hf` came from, for error messages.
+
+    Raises:
+        ModelError: a model_type rafale has no model for, or a feature or key its model does not have.
     """
     model_type = hf.get("model_type")
+    if model_type in ENCODER_MAPS:
+        return encoder_config_from_hf(hf, name=name, source=source)
     if model_type not in NAME_MAPS:
-        raise ModelError(f"config.json: model_type {model_type!r} is not supported; rafale reads {sorted(NAME_MAPS)}")
-    architectures = hf.get("architectures") or [ARCHITECTURES[model_type]]
-    if architectures != [ARCHITECTURES[model_type]]:
-        raise ModelError(
-            f"config.json: architectures {architectures} is not supported; expected [{ARCHITECTURES[model_type]!r}]"
-        )
+        raise ModelError(f"{source}: model_type {model_type!r} is not a family rafale has a model for; "
+                         f"expected one of {', '.join(sorted(NAME_MAPS))}")
+    architecture = ARCHITECTURES[model_type]["lm"]
+    architectures = hf.get("architectures") or [architecture]
+    if architectures != [architecture]:
+        raise ModelError(f"{source}: architectures {architectures} is not supported; expected [{architecture!r}]")
 
     def need(key):
         if key not in hf:
-            raise ModelError(f"config.json: {model_type} config has no {key!r}")
+            raise ModelError(f"{source}: {model_type} config has no {key!r}")
         return hf[key]
 
     neox = model_type == "gpt_neox"
@@ -154,19 +236,19 @@ def config_from_hf(hf: dict, name: str = "decoder") -> DecoderConfig:
     act = hf.get("hidden_act", expected_act)
     if act != expected_act:
         raise ModelError(
-            f"config.json: hidden_act {act!r} is not supported for {model_type}; expected {expected_act!r}"
+            f"{source}: hidden_act {act!r} is not supported for {model_type}; expected {expected_act!r}"
         )
     n_embd, n_head = need("hidden_size"), need("num_attention_heads")
     if hf.get("head_dim") not in (None, n_embd // n_head):
-        raise ModelError(f"config.json: head_dim {hf['head_dim']} != hidden_size / num_attention_heads; not supported")
+        raise ModelError(f"{source}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads; not supported")
     if hf.get("use_sliding_window"):
-        raise ModelError("config.json: use_sliding_window is true; rafale's decoder has no sliding-window attention")
+        raise ModelError(f"{source}: use_sliding_window is true; rafale's decoder has no sliding-window attention")
 
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
         raise ModelError(
-            f"config.json: rope_type {rope_type!r} is not supported; rafale implements 'default' and 'llama3'"
+            f"{source}: rope_type {rope_type!r} is not supported; rafale implements 'default' and 'llama3'"
         )
     rope_scaling = None
     if rope_type == "llama3":
@@ -175,10 +257,10 @@ def config_from_hf(hf: dict, name: str = "decoder") -> DecoderConfig:
                             "high_freq_factor": rope["high_freq_factor"],
                             "original_max_seq_len": rope["original_max_position_embeddings"]}
         except KeyError as e:
-            raise ModelError(f"config.json: llama3 rope scaling has no {e.args[0]!r}") from e
+            raise ModelError(f"{source}: llama3 rope scaling has no {e.args[0]!r}") from e
 
     common = dict(
-        name=name,
+        name=name or "decoder",
         vocab_size=need("vocab_size"),
         n_layer=need("num_hidden_layers"),
         n_head=n_head,
@@ -191,7 +273,7 @@ def config_from_hf(hf: dict, name: str = "decoder") -> DecoderConfig:
     )
     if neox:
         if not hf.get("attention_bias", True):
-            raise ModelError("config.json: gpt_neox with attention_bias false is not supported")
+            raise ModelError(f"{source}: gpt_neox with attention_bias false is not supported")
         family = dict(rotary_pct=rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)),
                       parallel_residual=hf.get("use_parallel_residual", True), norm="layernorm",
                       norm_eps=hf.get("layer_norm_eps", 1e-5), mlp="gelu", bias=True)
@@ -199,7 +281,7 @@ def config_from_hf(hf: dict, name: str = "decoder") -> DecoderConfig:
         bias = hf.get("attention_bias", False)
         if model_type == "llama" and bias != hf.get("mlp_bias", False):
             raise ModelError(
-                "config.json: llama with attention_bias != mlp_bias is not supported; rafale's bias switch covers both"
+                f"{source}: llama with attention_bias != mlp_bias is not supported; rafale's bias switch covers both"
             )
         family = dict(n_kv_head=hf.get("num_key_value_heads", n_head), norm="rmsnorm",
                       norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", bias=model_type == "llama" and bias,
@@ -207,15 +289,22 @@ def config_from_hf(hf: dict, name: str = "decoder") -> DecoderConfig:
     try:
         return DecoderConfig(**common, **family)
     except ValueError as e:
-        raise ModelError(f"config.json: {e}") from e
+        raise ModelError(f"{source}: {e}") from e
 
 
-def config_to_hf(config: DecoderConfig, dtype: torch.dtype = torch.float32) -> dict:
-    """The config.json transformers needs to rebuild this model (4.x key names, which 5.x also reads)."""
+def config_to_hf(config: DecoderConfig | EncoderConfig, head: str = "lm", dtype: torch.dtype = torch.float32) -> dict:
+    """The config.json transformers needs to rebuild a model of this config and head (4.x key names, which
+    5.x also reads); `head` is "lm" for decoders, "backbone", "mlm" or "classification" for encoders.
+
+    Raises:
+        ModelError: no transformers architecture has this config's switches (see hf_model_type).
+    """
     c, model_type = config, hf_model_type(config)
-    hf = {
-        "architectures": [ARCHITECTURES[model_type]],
-        "model_type": model_type,
+    hf = {"architectures": [ARCHITECTURES[model_type][head]], "model_type": model_type,
+          "dtype": str(dtype).removeprefix("torch.")}
+    if isinstance(c, EncoderConfig):
+        return {**hf, **encoder_config_to_hf(c)}
+    hf |= {
         "vocab_size": c.vocab_size,
         "hidden_size": c.n_embd,
         "num_hidden_layers": c.n_layer,
@@ -223,7 +312,6 @@ def config_to_hf(config: DecoderConfig, dtype: torch.dtype = torch.float32) -> d
         "intermediate_size": c.intermediate_size,
         "max_position_embeddings": c.max_seq_len,
         "tie_word_embeddings": c.tie_embeddings,
-        "dtype": str(dtype).removeprefix("torch."),
     }
     rope_scaling = None
     if c.rope_scaling is not None:
@@ -242,104 +330,126 @@ def config_to_hf(config: DecoderConfig, dtype: torch.dtype = torch.float32) -> d
     return hf
 
 
+
+
 # --- state dicts -------------------------------------------------------------------------------------------------
-
-
-def hf_to_rafale(hf_sd: dict, config: DecoderConfig) -> dict:
-    """Rename and reshape an HF state dict into the Decoder's (tensors mapped to None are dropped)."""
-    model_type = hf_model_type(config)
-    name_map, sd = NAME_MAPS[model_type], {}
-    for key, t in hf_sd.items():
-        new_key = map_key(key, name_map)
-        if new_key is not None:
-            sd[new_key] = t
-    if model_type == "gpt_neox":
-        sd = {k: neox_qkv_to_rafale(t, config.n_head) if ".attn.qkv." in k else t for k, t in sd.items()}
-    else:
-        sd = fuse_qkv(sd)
-    if config.tie_embeddings:
-        sd["lm_head.weight"] = sd["wte.weight"]
-    return sd
-
-
-def rafale_to_hf(sd: dict, config: DecoderConfig) -> dict:
-    """Inverse of hf_to_rafale: a Decoder state dict in HF names and layout (a tied head is left out)."""
-    model_type = hf_model_type(config)
-    sd = dict(sd)
-    if config.tie_embeddings:
-        sd.pop("lm_head.weight", None)
-    if model_type == "gpt_neox":
-        sd = {k: rafale_qkv_to_neox(t, config.n_head) if ".attn.qkv." in k else t for k, t in sd.items()}
-    else:
-        sd = split_qkv(sd, config)
-    inverse = {ours: theirs for theirs, ours in NAME_MAPS[model_type].items() if ours is not None}
-    return {map_key(k, inverse): t for k, t in sd.items()}
 
 
 def _count(items, noun: str) -> str:
     return f"{len(items)} {noun}{'s' if len(items) != 1 else ''}"
 
 
-def check_hf_weights(hf_sd: dict, config: DecoderConfig, where: Path):
-    """Strict: every tensor the config needs is there with its shape, nothing else, all floating point.
+def hf_to_rafale(hf_sd: dict, model: nn.Module, where) -> tuple[dict, list[str], list[str]]:
+    """Check an HF state dict against what `model` needs, and convert it into `model`'s names and layout.
 
-    What is expected comes from exporting a Decoder built on the meta device, so it costs no memory.
+    `model` may be on the meta device: only its names, shapes and ties are read. Tensors the map drops
+    (buffers rafale recomputes) are skipped; two HF names that load into one tensor (a tied weight written
+    out, an old duplicate) must hold the same values. An encoder's head may be missing from either side.
+
+    Returns:
+        (state_dict, initialized, ignored): the model's parameters, a tied weight under its first name only;
+        the model's head tensors the checkpoint lacks (left out of state_dict, to be initialised fresh);
+        the checkpoint's head tensors the model lacks.
+    Raises:
+        ModelError: one message naming `where` and the tensors: missing ones, unexpected ones (names the
+            map does not know, layers beyond the config), wrong shapes, integer dtypes, differing duplicates.
     """
-    with torch.device("meta"):
-        expected = rafale_to_hf(Decoder(config).state_dict(), config)
-    name_map = NAME_MAPS[hf_model_type(config)]
-    tied_head = ("embed_out.weight", "lm_head.weight") if config.tie_embeddings else ()
-    got = {}
+    model_type = hf_model_type(model.config)
+    name_map = NAME_MAPS[model_type]
+    ties = tied_copies(model)
+    expected = to_map_names(dict(model.named_parameters()), model)  # a tied weight once, under its first name
+    state, source, unexpected, problems = {}, {}, [], []
     for key, t in hf_sd.items():
         try:
-            if map_key(key, name_map) is None or key in tied_head:
-                continue  # buffers rafale recomputes; a copy of a tied head
+            ours = map_key(canonical_key(key, model_type) if model_type in ENCODER_MAPS else key, name_map)
         except ModelError:
-            pass  # unknown names are reported below as unexpected
-        got[key] = t
-    problems = []
-    if missing := expected.keys() - got.keys():
-        problems.append(f"{_count(missing, 'tensor')} missing ({names(missing)})")
-    if unexpected := got.keys() - expected.keys():
-        problems.append(f"{_count(unexpected, 'unexpected tensor')} ({names(unexpected)})")
-    for key in sorted(expected.keys() & got.keys()):
-        if got[key].shape != expected[key].shape:
-            problems.append(f"{key} has shape {tuple(got[key].shape)}, the config needs {tuple(expected[key].shape)}")
-        elif not got[key].is_floating_point():
-            problems.append(f"{key} has dtype {got[key].dtype}; rafale loads floating-point weights only")
+            unexpected.append(key)
+            continue
+        ours = ties.get(ours, ours)
+        if ours is None:
+            continue
+        if ours in state:
+            if not torch.equal(state[ours], t):
+                problems.append(f"'{source[ours]}' and '{key}' both load into '{ours}' but differ")
+            continue
+        state[ours], source[ours] = t, key
+
+    def is_head(name):  # an encoder's head, which may be absent from either side
+        return isinstance(model.config, EncoderConfig) and not name.startswith("encoder.")
+
+    missing = [k for k in expected if k not in state]
+    initialized = [k for k in missing if is_head(k)]
+    missing = [map_key(k, inverted(name_map)) for k in missing if not is_head(k)]
+    ignored = [source[k] for k in state if k not in expected and is_head(k)]
+    unexpected += [source[k] for k in state if k not in expected and not is_head(k)]
+    for k in [k for k in state if k in expected]:
+        got, need = state[k], expected[k]
+        if got.shape != need.shape:
+            problems.append(f"{source[k]} has shape {tuple(got.shape)}, the config needs {tuple(need.shape)}")
+        elif not got.is_floating_point():
+            problems.append(f"{source[k]} has dtype {got.dtype}; rafale loads floating-point weights only")
+    if unexpected:
+        problems.insert(0, f"{_count(unexpected, 'unexpected tensor')} ({names(unexpected)})")
+    if missing:
+        problems.insert(0, f"{_count(missing, 'tensor')} missing ({names(missing)})")
     if problems:
         raise ModelError(f"{where}: weights do not fit its config.json: " + "; ".join(problems[:6]))
+    return from_map_names({k: t for k, t in state.items() if k in expected}, model), initialized, ignored
 
 
-def load_hf_checkpoint(path) -> tuple[DecoderConfig, dict]:
-    """Read an HF-layout dir (config.json + safetensors) into a DecoderConfig and a Decoder state dict.
+def rafale_to_hf(model: nn.Module) -> dict:
+    """Inverse of hf_to_rafale: `model`'s weights under the names and in the layout its transformers class
+    saves (a tied weight once; the models keep no persistent buffers)."""
+    model_type = hf_model_type(model.config)
+    inverse = inverted(NAME_MAPS[model_type])
+    tensors = {map_key(k, inverse): t for k, t in to_map_names(dict(model.named_parameters()), model).items()}
+    if isinstance(model, Encoder):  # BertModel's own names have no 'bert.' prefix
+        tensors = {k.removeprefix(f"{model_type}."): t for k, t in tensors.items()}
+    return tensors
+
+
+def tied_copies(model: nn.Module) -> dict[str, str]:
+    """{second name: first name} for each parameter that one module shares with another (a tied weight)."""
+    first = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        first.setdefault(p, name)
+    return {name: first[p] for name, p in model.named_parameters(remove_duplicate=False) if first[p] != name}
+
+
+def load_weights(model_class: type, config, hf_sd: dict, where, device="cpu",
+                 dtype: torch.dtype = torch.float32) -> tuple[nn.Module, list[str], list[str]]:
+    """A `model_class(config)` filled from an HF state dict; see hf_to_rafale for the checks and what the
+    two lists are. The model is built on the meta device (no memory, no random init), checked, then
+    materialised and loaded strictly; only a head the checkpoint lacks gets a random init."""
+    with torch.device("meta"):
+        model = model_class(config)
+    state, initialized, ignored = hf_to_rafale(hf_sd, model, where)
+    ties = tied_copies(model)
+    model.to_empty(device=device)
+    model.to(dtype)
+    for name, first in ties.items():  # to_empty gave each name of a tied weight its own storage
+        module, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(module), attr, model.get_parameter(first))
+        state[name] = state[first]
+    if isinstance(model, Decoder):
+        model.init_buffers()  # the rope tables, which no checkpoint holds
+    if initialized:
+        encoder.init_weights(model, config)
+        state |= {k: t for k, t in model.state_dict().items() if k in initialized}
+    model.load_state_dict(state, strict=True)
+    return model, initialized, ignored
+
+
+def export_model(model: nn.Module, out_dir) -> Path:
+    """Write any rafale model as config.json + model.safetensors in HF layout, which transformers' Auto
+    classes load (AutoModelForCausalLM, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification).
 
     Raises:
-        ModelError: the dir is missing or lacks config.json/weights, a file is unreadable, the
-            architecture is unsupported, or the tensors do not fit the config (names, shapes, dtypes).
+        ModelError: the model's config has no transformers architecture (nothing is written then).
     """
-    path = Path(path)
-    hf_config = read_hf_config(path)
-    config = config_from_hf(hf_config, name=path.resolve().name)
-    hf_sd = read_hf_weights(path)
-    check_hf_weights(hf_sd, config, path)
-    return config, hf_to_rafale(hf_sd, config)
-
-
-def export_hf(model: Decoder, out_dir) -> Path:
-    """Write `model` as model.safetensors + config.json in HF layout; transformers' from_pretrained reads it.
-
-    Each file is written under a temporary name and renamed, so a failure leaves no half-written file.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dtype = model.wte.weight.dtype
-    hf_config = config_to_hf(model.config, dtype=dtype)  # first: raises if no HF architecture fits
-    tensors = {k: t.detach().cpu().contiguous() for k, t in rafale_to_hf(model.state_dict(), model.config).items()}
-    tmp = out / "model.safetensors.tmp"
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    os.replace(tmp, out / "model.safetensors")
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(hf_config, indent=2) + "\n")
-    os.replace(tmp, out / "config.json")
-    return out
+    head = "lm" if isinstance(model, Decoder) else next((h for h, c in HEAD_CLASSES.items() if type(model) is c), None)
+    if head is None:
+        raise TypeError(f"export_model takes a Decoder, Encoder, EncoderForMaskedLM or "
+                        f"EncoderForSequenceClassification, got {type(model).__name__}")
+    hf_config = config_to_hf(model.config, head, dtype=next(model.parameters()).dtype)  # first: may raise
+    return write_hf_dir(out_dir, hf_config, rafale_to_hf(model))

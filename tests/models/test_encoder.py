@@ -1,28 +1,22 @@
 """BERT/RoBERTa: parity with transformers through the production loader, export, registry, bad input.
 
 Each parity test builds a tiny random transformers model, saves it as safetensors in a tmp dir and loads
-it with load_hf_encoder, so one test covers the model, the name map and the config translation together.
+it with load_pretrained, so one test covers the model, the name map and the config translation together.
 Nothing is downloaded.
 """
 
 import dataclasses
-import json
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from rafale.errors import ModelError
+from rafale.models import export_model, load_pretrained
 from rafale.models.encoder import Encoder, EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
+from rafale.models.encoder_weights import BERT, HEAD_CLASSES, encoder_config_from_hf
 from rafale.models.registry import encoders, get_config
-from rafale.models.encoder_weights import (
-    BERT_TO_RAFALE,
-    encoder_config_from_hf,
-    encoder_config_to_hf,
-    export_hf_encoder,
-    load_hf_encoder,
-    map_key,
-)
+from rafale.models.weights import config_to_hf, map_key
 
 transformers = pytest.importorskip("transformers")
 
@@ -31,7 +25,6 @@ TINY_HF = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attent
                max_position_embeddings=64, num_labels=3, attn_implementation="eager")
 TINY_RAFALE = dict(vocab_size=VOCAB, n_layer=2, n_head=4, n_embd=32, intermediate_size=64, max_seq_len=40,
                    num_labels=3)
-HEADS = {"backbone": Encoder, "mlm": EncoderForMaskedLM, "classification": EncoderForSequenceClassification}
 
 
 @pytest.fixture(autouse=True)
@@ -84,14 +77,14 @@ def assert_same_outputs(ours, theirs, mask):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
-# ---- parity: transformers checkpoint -> load_hf_encoder -> same outputs ----
+# ---- parity: transformers checkpoint -> load_pretrained -> same outputs ----
 
 @pytest.mark.parametrize("padding", ["none", "right", "left"])
 @pytest.mark.parametrize("class_name", ["BertForMaskedLM", "RobertaForMaskedLM", "BertForSequenceClassification",
                                         "RobertaForSequenceClassification"])
 def test_parity_with_transformers(class_name, padding, tmp_path):
     hf_model, path = save_hf(class_name, tmp_path)
-    model, report = load_hf_encoder(path)
+    model, report = load_pretrained(path)
     assert report.initialized == [] and report.ignored == []
     assert isinstance(model, EncoderForMaskedLM if "MaskedLM" in class_name else EncoderForSequenceClassification)
 
@@ -105,7 +98,7 @@ def test_parity_with_transformers(class_name, padding, tmp_path):
 
 def test_backbone_checkpoint_loads_as_backbone(tmp_path):
     hf_model, path = save_hf("BertModel", tmp_path)
-    model, report = load_hf_encoder(path)
+    model, report = load_pretrained(path)
     assert isinstance(model, Encoder)
     assert report.initialized == [] and sorted(report.ignored) == ["pooler.dense.bias", "pooler.dense.weight"]
 
@@ -117,7 +110,7 @@ def test_backbone_checkpoint_loads_as_backbone(tmp_path):
 
 def test_backbone_checkpoint_into_classifier_reports_fresh_head(tmp_path):
     hf_model, path = save_hf("BertModel", tmp_path)
-    model, report = load_hf_encoder(path, head="classification")
+    model, report = load_pretrained(path, head="classification")
     assert sorted(report.initialized) == ["classifier.bias", "classifier.weight"]
     assert report.ignored == []
     assert torch.equal(model.pooler.weight, hf_model.pooler.dense.weight)  # BERT's pooler lives in BertModel
@@ -130,7 +123,7 @@ def test_backbone_checkpoint_into_classifier_reports_fresh_head(tmp_path):
 
 def test_mlm_checkpoint_into_classifier_reports_both_heads(tmp_path):
     _, path = save_hf("RobertaForMaskedLM", tmp_path)
-    model, report = load_hf_encoder(path, head="classification")
+    model, report = load_pretrained(path, head="classification")
     assert sorted(report.initialized) == ["classifier.bias", "classifier.weight", "pooler.bias", "pooler.weight"]
     assert sorted(report.ignored) == ["lm_head.bias", "lm_head.dense.bias", "lm_head.dense.weight",
                                       "lm_head.layer_norm.bias", "lm_head.layer_norm.weight"]
@@ -139,7 +132,7 @@ def test_mlm_checkpoint_into_classifier_reports_both_heads(tmp_path):
 def test_sharded_checkpoint(tmp_path):
     hf_model, path = save_hf("BertForMaskedLM", tmp_path, max_shard_size="20KB")
     assert (path / "model.safetensors.index.json").is_file()
-    model, _ = load_hf_encoder(path)
+    model, _ = load_pretrained(path)
     ids, mask, token_types = make_inputs(0)
     with torch.no_grad():
         ours = model(ids, attention_mask=mask, token_type_ids=token_types)
@@ -158,7 +151,7 @@ def test_old_bert_spellings_load(tmp_path):
     old["cls.seq_relationship.weight"] = torch.zeros(2, 32)
     save_file(old, path / "model.safetensors")
 
-    model, report = load_hf_encoder(path)
+    model, report = load_pretrained(path)
     assert report.initialized == [] and report.ignored == []
     ids, mask, token_types = make_inputs(0)
     with torch.no_grad():
@@ -166,7 +159,7 @@ def test_old_bert_spellings_load(tmp_path):
     assert_same_outputs(ours, hf_output(hf_model, ids, mask, token_types), mask)
 
 
-# ---- export: rafale -> export_hf_encoder -> transformers Auto class -> same outputs ----
+# ---- export: rafale -> export_model -> transformers Auto class -> same outputs ----
 
 AUTO_CLASSES = {"backbone": "AutoModel", "mlm": "AutoModelForMaskedLM",
                 "classification": "AutoModelForSequenceClassification"}
@@ -176,9 +169,9 @@ AUTO_CLASSES = {"backbone": "AutoModel", "mlm": "AutoModelForMaskedLM",
 @pytest.mark.parametrize("name", ["bert-tiny", "roberta-base"])
 def test_export_loads_in_transformers(name, head, tmp_path):
     config = get_config(name, **TINY_RAFALE)
-    model = HEADS[head](config).eval()
+    model = HEAD_CLASSES[head](config).eval()
     perturb_(model)
-    export_hf_encoder(model, tmp_path)
+    export_model(model, tmp_path)
 
     extra = {"add_pooling_layer": False} if head == "backbone" else {}  # rafale's backbone has no pooler
     auto = getattr(transformers, AUTO_CLASSES[head])
@@ -192,7 +185,7 @@ def test_export_loads_in_transformers(name, head, tmp_path):
         ours = model(ids, attention_mask=mask, token_type_ids=token_types)
     assert_same_outputs(ours, hf_output(hf_model, ids, mask, token_types), mask)
 
-    again, report = load_hf_encoder(tmp_path)  # and back into rafale, unchanged
+    again, report = load_pretrained(tmp_path)  # and back into rafale, unchanged
     assert type(again) is type(model) and report.initialized == [] and report.ignored == []
     for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
@@ -203,7 +196,7 @@ def test_export_loads_in_transformers(name, head, tmp_path):
 @pytest.mark.parametrize("name", [d["name"] for d in encoders])
 def test_registry_matches_transformers_parameter_count(name):
     config = get_config(name)
-    hf_dict = encoder_config_to_hf(config, head="mlm")
+    hf_dict = config_to_hf(config, head="mlm")
     hf_config = transformers.AutoConfig.for_model(**hf_dict)
     assert dataclasses.replace(encoder_config_from_hf(hf_dict), name=name) == config
     family = "Bert" if hf_dict["model_type"] == "bert" else "Roberta"
@@ -211,7 +204,7 @@ def test_registry_matches_transformers_parameter_count(name):
                   "classification": ("ForSequenceClassification", {})}
     for head, (suffix, kwargs) in hf_classes.items():
         with torch.device("meta"):
-            ours = HEADS[head](config)
+            ours = HEAD_CLASSES[head](config)
             theirs = getattr(transformers, family + suffix)(hf_config, **kwargs)
         assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters()), head
 
@@ -259,35 +252,9 @@ def test_roberta_positions_count_real_tokens():
 # ---- bad input ----
 
 def test_map_key_names_unknown_tensor():
-    assert map_key("bert.encoder.layer.11.output.dense.bias", BERT_TO_RAFALE) == "encoder.layers.11.mlp.proj.bias"
+    assert map_key("bert.encoder.layer.11.output.dense.bias", BERT) == "encoder.layers.11.mlp.proj.bias"
     with pytest.raises(ModelError, match="unknown tensor name 'bert.encoder.layer.0.foo.weight'"):
-        map_key("bert.encoder.layer.0.foo.weight", BERT_TO_RAFALE)
-
-
-def test_missing_directory(tmp_path):
-    with pytest.raises(ModelError, match="nope: no such directory"):
-        load_hf_encoder(tmp_path / "nope")
-
-
-def test_directory_without_weights_lists_its_files(tmp_path):
-    _, path = save_hf("BertForMaskedLM", tmp_path)
-    (path / "model.safetensors").rename(path / "model.safetensors.bak")
-    with pytest.raises(ModelError, match="no model.safetensors .*found: config.json, model.safetensors.bak"):
-        load_hf_encoder(path)
-
-
-def test_directory_without_config_lists_its_files(tmp_path):
-    (tmp_path / "vocab.txt").write_text("x")
-    with pytest.raises(ModelError, match="no config.json .found: vocab.txt."):
-        load_hf_encoder(tmp_path)
-
-
-def test_unknown_model_type(tmp_path):
-    _, path = save_hf("BertForMaskedLM", tmp_path)
-    hf = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**hf, "model_type": "gpt2"}))
-    with pytest.raises(ModelError, match="config.json: model_type 'gpt2' is not an encoder rafale knows"):
-        load_hf_encoder(path)
+        map_key("bert.encoder.layer.0.foo.weight", BERT)
 
 
 def edit_tensors(path, edit):
@@ -296,49 +263,14 @@ def edit_tensors(path, edit):
     save_file(tensors, path / "model.safetensors")
 
 
-def test_unknown_tensor(tmp_path):
-    _, path = save_hf("BertForMaskedLM", tmp_path)
-    edit_tensors(path, lambda t: t.update({"bert.encoder.layer.0.adapter.weight": torch.zeros(2)}))
-    with pytest.raises(ModelError, match="1 tensor.s. not in the bert name map: bert.encoder.layer.0.adapter.weight"):
-        load_hf_encoder(path)
-
-
-def test_tensor_beyond_config(tmp_path):
-    _, path = save_hf("BertForMaskedLM", tmp_path)
-    edit_tensors(path, lambda t: t.update({"bert.encoder.layer.2.output.dense.bias": torch.zeros(32)}))
-    with pytest.raises(ModelError, match=r"no place .* \(n_layer=2\): bert.encoder.layer.2.output.dense.bias"):
-        load_hf_encoder(path)
-
-
-def test_missing_encoder_tensor(tmp_path):
-    _, path = save_hf("RobertaForMaskedLM", tmp_path)
-    edit_tensors(path, lambda t: t.pop("roberta.encoder.layer.1.attention.self.key.bias"))
-    with pytest.raises(ModelError, match="missing encoder tensor.s.: roberta.encoder.layer.1.attention.self.key.bias"):
-        load_hf_encoder(path)
-
-
-def test_wrong_shape_names_tensor_and_shapes(tmp_path):
-    _, path = save_hf("BertForSequenceClassification", tmp_path)
-    edit_tensors(path, lambda t: t.update({"classifier.weight": torch.zeros(5, 32)}))
-    with pytest.raises(ModelError, match=r"classifier.weight \(5, 32\) vs \(3, 32\)"):
-        load_hf_encoder(path)
-
-
 def test_untied_decoder_is_refused(tmp_path):
     _, path = save_hf("BertForMaskedLM", tmp_path)
     edit_tensors(path, lambda t: t.update({"cls.predictions.decoder.weight": torch.zeros(VOCAB, 32)}))
     with pytest.raises(ModelError, match="both load into 'encoder.word_embeddings.weight' but differ"):
-        load_hf_encoder(path)
-
-
-def test_corrupt_safetensors_names_the_file(tmp_path):
-    _, path = save_hf("BertForMaskedLM", tmp_path)
-    (path / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ModelError, match="model.safetensors: not a readable safetensors file"):
-        load_hf_encoder(path)
+        load_pretrained(path)
 
 
 def test_unknown_head(tmp_path):
     _, path = save_hf("BertForMaskedLM", tmp_path)
     with pytest.raises(ModelError, match="head 'mlm2' is not one of auto, backbone, mlm, classification"):
-        load_hf_encoder(path, head="mlm2")
+        load_pretrained(path, head="mlm2")

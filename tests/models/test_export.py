@@ -14,7 +14,7 @@ import torch
 
 from rafale.data.tokenizer import DECODER_SPECIALS, train_tokenizer
 from rafale.errors import ModelError
-from rafale.models import Decoder, EncoderForMaskedLM, export_hf, export_hf_encoder, get_config
+from rafale.models import Decoder, EncoderForMaskedLM, export_model, get_config
 from rafale.models.export import export_run
 
 transformers = pytest.importorskip("transformers")
@@ -28,7 +28,7 @@ def run_dir(tmp_path):
     tok = train_tokenizer(SENTENCES, "bpe", vocab_size=300, min_frequency=1, special_tokens=DECODER_SPECIALS)
     model = Decoder(get_config("pythia-tiny", n_layer=1, n_embd=32, n_head=2, intermediate_size=64,
                                vocab_size=tok.get_vocab_size()))
-    final = export_hf(model, tmp_path / "run" / "final")
+    final = export_model(model, tmp_path / "run" / "final")
     tok.save(str(final / "tokenizer.json"))
     return tmp_path / "run"
 
@@ -72,7 +72,7 @@ def test_force_replaces_and_no_verify_says_so(run_dir, tmp_path):
 def test_encoder_export_is_verified_with_its_auto_class(tmp_path):
     config = get_config("bert-tiny", vocab_size=64, n_layer=1, n_embd=32, n_head=2, intermediate_size=64,
                         max_seq_len=32)
-    export_hf_encoder(EncoderForMaskedLM(config), tmp_path / "ckpt")
+    export_model(EncoderForMaskedLM(config), tmp_path / "ckpt")
     result = export_run(tmp_path / "ckpt", tmp_path / "hf")
     assert result.family == "bert" and result.head == "mlm"
     assert result.verified.startswith("BertForMaskedLM logits match on 8 tokens")

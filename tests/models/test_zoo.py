@@ -5,6 +5,7 @@ Checkpoints are tiny random transformers models saved to tmp dirs; nothing is do
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,10 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rafale.errors import ModelError
-from rafale.models import (Decoder, Encoder, EncoderForMaskedLM, EncoderForSequenceClassification, export_hf,
-                           export_model, from_pretrained, get_config, load_pretrained, model_from_config,
-                           resolve_model_config)
-from rafale.models.checkpoint import checkpoint_name, locate
+from rafale.models import (Decoder, Encoder, EncoderForMaskedLM, EncoderForSequenceClassification, export_model,
+                           from_pretrained, get_config, load_pretrained, model_from_config, resolve_model_config)
+from rafale.models.checkpoint import checkpoint_name, listing, locate
 
 transformers = pytest.importorskip("transformers")
 
@@ -95,58 +95,118 @@ def test_decoder_has_no_other_head(ckpts):
         from_pretrained(ckpts["neox"][1], head="mlm")
 
 
-# ---- bad input through from_pretrained, for both families ----
+# ---- bad checkpoints through from_pretrained, for both families: one message shape, naming the path ----
 
-@pytest.fixture(params=["neox", "bert-mlm"])
-def ckpt_copy(request, ckpts, tmp_path):
-    src = ckpts[request.param][1]
-    for f in src.iterdir():
+# Each function below spoils a copy of a good checkpoint and returns (what to load, the error it must give).
+# `t` is a layer-1 tensor of shape (32, 64) in the family's names, "{}" for the layer number.
+TENSOR = {"neox": "gpt_neox.layers.{}.mlp.dense_4h_to_h.weight",
+          "bert-mlm": "bert.encoder.layer.{}.output.dense.weight"}
+
+
+def edit_tensors(path, edit):
+    tensors = load_file(path / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, path / "model.safetensors")
+
+
+def found(path):
+    return re.escape(listing(path))
+
+
+def no_dir(path, t):
+    return path / "nope", "nope: no such directory; expected an HF-layout model dir"
+
+
+def no_config(path, t):
+    (path / "config.json").unlink()
+    return path, rf"no config.json \({found(path)}\); expected an HF-layout model dir"
+
+
+def only_a_vocab(path, t):
+    for f in path.iterdir():
+        f.unlink()
+    (path / "vocab.txt").write_text("x")
+    return path, r"no config.json \(found: vocab.txt\)"
+
+
+def no_weights(path, t):
+    (path / "model.safetensors").rename(path / "model.safetensors.bak")
+    return path, r"no model.safetensors or model.safetensors.index.json \(found: config.json.*model.safetensors.bak"
+
+
+def pickle_only(path, t):
+    (path / "model.safetensors").rename(path / "pytorch_model.bin")
+    return path, (rf"only pickle weights \(\*.bin/\*.pt\), no safetensors \({found(path)}\); "
+                  "rafale reads safetensors only")
+
+
+def truncated(path, t):
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 3])
+    return path, "model.safetensors: not a readable safetensors file"
+
+
+def not_safetensors(path, t):
+    (path / "model.safetensors").write_bytes(b"not a safetensors file")
+    return path, "model.safetensors: not a readable safetensors file"
+
+
+def shard_missing(path, t):
+    (path / "model.safetensors").rename(path / "model-00001-of-00002.safetensors")
+    shards = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(shards))
+    return path, "model.safetensors.index.json: lists shard 'model-00002-of-00002.safetensors', which is not in"
+
+
+def missing_and_unknown_tensor(path, t):
+    unknown = t.format(0).rsplit(".", 2)[0] + ".lora_A.weight"
+    edit_tensors(path, lambda d: (d.pop(t.format(1)), d.update({unknown: torch.zeros(2)})))
+    return path, (rf"{re.escape(str(path))}: weights do not fit its config.json: 1 tensor missing "
+                  rf"\({re.escape(t.format(1))}\); 1 unexpected tensor \({re.escape(unknown)}\)")
+
+
+def layer_beyond_config(path, t):
+    edit_tensors(path, lambda d: d.update({t.format(2): torch.zeros(32, 64)}))
+    return path, rf"1 unexpected tensor \({re.escape(t.format(2))}\)"
+
+
+def wrong_shape(path, t):
+    edit_tensors(path, lambda d: d.update({t.format(1): torch.zeros(32, 48)}))
+    return path, rf"{re.escape(t.format(1))} has shape \(32, 48\), the config needs \(32, 64\)"
+
+
+def integer_tensor(path, t):
+    edit_tensors(path, lambda d: d.update({t.format(1): torch.zeros(32, 64, dtype=torch.int8)}))
+    return path, rf"{re.escape(t.format(1))} has dtype torch.int8; rafale loads floating-point weights only"
+
+
+def unknown_family(path, t):
+    hf = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**hf, "model_type": "t5"}))
+    return path, ("config.json: model_type 't5' is not a family rafale has a model for; expected one of "
+                  "bert, gpt_neox, llama, qwen2, roberta")
+
+
+BAD_CHECKPOINTS = [no_dir, no_config, only_a_vocab, no_weights, pickle_only, truncated, not_safetensors,
+                   shard_missing, missing_and_unknown_tensor, layer_beyond_config, wrong_shape, integer_tensor,
+                   unknown_family]
+
+
+@pytest.mark.parametrize("spoil", BAD_CHECKPOINTS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("kind", list(TENSOR))
+def test_bad_checkpoint_is_named(kind, spoil, ckpts, tmp_path):
+    for f in ckpts[kind][1].iterdir():
         (tmp_path / f.name).write_bytes(f.read_bytes())
-    return tmp_path
-
-
-def test_dir_without_config_lists_what_is_there(ckpt_copy):
-    (ckpt_copy / "config.json").unlink()
-    with pytest.raises(ModelError, match=r"no config.json \(found: .*model.safetensors\)"):
-        from_pretrained(ckpt_copy)
-
-
-def test_dir_without_weights_lists_what_is_there(ckpt_copy):
-    (ckpt_copy / "model.safetensors").unlink()
-    with pytest.raises(ModelError, match=r"no model.safetensors or model.safetensors.index.json \(found: config.json"):
-        from_pretrained(ckpt_copy)
-
-
-def test_truncated_safetensors_names_the_file(ckpt_copy):
-    data = (ckpt_copy / "model.safetensors").read_bytes()
-    (ckpt_copy / "model.safetensors").write_bytes(data[: len(data) // 3])
-    with pytest.raises(ModelError, match="model.safetensors: not a readable safetensors file"):
-        from_pretrained(ckpt_copy)
-
-
-def test_wrong_shape_names_the_tensor_and_both_shapes(ckpt_copy):
-    tensors = load_file(ckpt_copy / "model.safetensors")
-    name = next(k for k in tensors if k.endswith("layers.1.mlp.dense_4h_to_h.weight")
-                or k.endswith("layer.1.output.dense.weight"))
-    tensors[name] = torch.zeros(32, 48)
-    save_file(tensors, ckpt_copy / "model.safetensors")
-    with pytest.raises(ModelError, match=rf"{name}.* \(32, 48\).* \(32, 64\)"):
-        from_pretrained(ckpt_copy)
-
-
-def test_unknown_family_is_named(ckpt_copy):
-    hf = json.loads((ckpt_copy / "config.json").read_text())
-    (ckpt_copy / "config.json").write_text(json.dumps({**hf, "model_type": "t5"}))
-    with pytest.raises(ModelError, match="model_type 't5' is not a family rafale has a model for; expected one of "
-                                         "bert, gpt_neox, llama, qwen2, roberta"):
-        from_pretrained(ckpt_copy)
+    path, match = spoil(tmp_path, TENSOR[kind])
+    with pytest.raises(ModelError, match=match):
+        from_pretrained(path)
 
 
 # ---- model.weights forms ----
 
 def test_run_dir_and_its_final(tmp_path):
     model = Decoder(get_config("pythia-tiny", n_layer=1, vocab_size=VOCAB))
-    export_hf(model, tmp_path / "run" / "final")
+    export_model(model, tmp_path / "run" / "final")
     assert locate(tmp_path / "run") == tmp_path / "run" / "final"
     assert locate(tmp_path / "run" / "final") == tmp_path / "run" / "final"
     assert from_pretrained(tmp_path / "run").config.name == "run"
