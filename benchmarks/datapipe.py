@@ -105,7 +105,7 @@ def rafale_child(corpus: str, tok_path: str, block: int) -> None:
     tokens = sum(s["tokens"] for s in data.meta["splits"].values())
     t1 = time.perf_counter()
     hit = prepare(cfg, quiet)
-    train = hit.blocks("train")
+    train = hit.dataset("train")
     hit.collator()([train[i] for i in range(32)])
     first_batch = time.perf_counter() - t1
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/generate.py [--threads 1] [--repeats 5]
 
 A pythia-14m-shaped model (hidden 128, 6 layers, 4 heads, rotary 0.25, parallel residual, vocab 8192),
-randomly initialised, exported with rafale.models.weights.export_hf and loaded by GPTNeoXForCausalLM.
+randomly initialised, exported with rafale.models.export_model and loaded by GPTNeoXForCausalLM.
 Prompt 32 tokens, 256 new tokens, batch 1 and batch 8; the two implementations alternate (taking turns
 to go first), so a noisy machine affects both alike. Prints one JSON line: median new tokens/s for each,
 the median and range of the per-repeat speed ratios (rafale over transformers, each from two adjacent
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from rafale.models import Decoder, export_hf, get_config
+from rafale.models import Decoder, export_model, get_config
 from rafale.models.generate import generate
 
 PROMPT, NEW = 32, 256
@@ -53,7 +53,7 @@ def main():
     torch.manual_seed(0)
     model = Decoder(get_config("pythia-14m", vocab_size=8192)).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        export_hf(model, tmp)
+        export_model(model, tmp)
         hf = GPTNeoXForCausalLM.from_pretrained(tmp, attn_implementation="sdpa").eval()
     hf.generation_config.eos_token_id = None  # always make NEW tokens, as rafale does without an eos_id
 

@@ -119,7 +119,7 @@ def composer_step(vocab: int, n_batches: int):
         "run": {"max_duration": f"{n_batches}ba", "precision": "fp32", "device": "cpu", "save_interval": "1000ep"},
         "optim": {"name": "adamw", "schedule": "constant", "warmup": "0ba", "clip_norm": 0},
         "model": {"config": "pythia-14m", "overrides": {"vocab_size": vocab}},
-        "data": {"block_size": SEQ, "train_batch_size": BATCH, "tokenizer": {"train": {"vocab_size": 4096}}},
+        "data": {"block_size": SEQ, "train_batch_size": BATCH, "tokenizer": {"train": {"vocab_size": min(vocab, 4096)}}},
     })
     timer = Timer()
     plan = make_plan(cfg, debug=True, log=lambda *a, **k: None)  # no run directory; the tokenizer is cached

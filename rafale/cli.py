@@ -68,8 +68,8 @@ def run(
     raise typer.Exit(code)
 
 
-def _decoder_dir_and_tokenizer(path: Path):
-    """(the HF-layout dir that `path` names, its TokenizerInfo) for a decoder that can generate.
+def _decoder_and_tokenizer(path: Path):
+    """(the decoder that `path` names, loaded once, and the TokenizerInfo beside it).
 
     Raises:
         ModelError: `path` is not a model (see checkpoint.locate) or holds an encoder, which cannot generate.
@@ -77,8 +77,9 @@ def _decoder_dir_and_tokenizer(path: Path):
     """
     from rafale.data.tokenizer import tokenizer_beside
     from rafale.errors import DataError, ModelError
-    from rafale.models import DecoderConfig, config_from_weights
-    from rafale.models.checkpoint import locate, read_hf_config
+    from rafale.models import Decoder, from_pretrained
+    from rafale.models.checkpoint import locate
+    from rafale.models.weights import hf_model_type
 
     model_dir = locate(path)  # a run dir's final/, or a hub id's downloaded copy
     try:
@@ -88,11 +89,11 @@ def _decoder_dir_and_tokenizer(path: Path):
             raise
         raise DataError(f"{path}: the hub repository has no tokenizer.json (expected it in its download, "
                         f"{model_dir}); only models with a tokenizers-library tokenizer.json can generate") from None
-    if not isinstance(config_from_weights(model_dir), DecoderConfig):
-        family = read_hf_config(model_dir).get("model_type")
-        raise ModelError(f"{path} holds an encoder ({family}), which cannot generate text; rafale generate "
-                         f"needs a decoder (gpt_neox, llama or qwen2)")
-    return model_dir, tok
+    model = from_pretrained(model_dir)
+    if not isinstance(model, Decoder):
+        raise ModelError(f"{path} holds an encoder ({hf_model_type(model.config)}), which cannot generate text; "
+                         f"rafale generate needs a decoder (gpt_neox, llama or qwen2)")
+    return model, tok
 
 
 @app.command()
@@ -116,7 +117,6 @@ def generate(
     import torch
 
     from rafale.errors import ConfigError
-    from rafale.models import from_pretrained
     from rafale.models.generate import Sampling
     from rafale.prompts import decoding_threads, generate_to_console, read_prompts
 
@@ -124,8 +124,7 @@ def generate(
         raise ConfigError("give either -p/--prompt (repeatable) or --prompts-file, not both and not neither")
     prompts = list(prompt) if prompt is not None else read_prompts(prompts_file)
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
-    model_dir, tok = _decoder_dir_and_tokenizer(path)
-    model = from_pretrained(model_dir)
+    model, tok = _decoder_and_tokenizer(path)
     torch.set_num_threads(threads or decoding_threads(model))
     generate_to_console(model, tok, prompts, max_new_tokens, console=console, err_console=err_console,
                         output=output, sampling=sampling, stop=stop or (), seed=seed, batch_size=batch_size)

@@ -135,7 +135,7 @@ def w(tmp_path_factory):
 
     from rafale.config import dump_config, load_config
     from rafale.data.tokenizer import DECODER_SPECIALS, train_tokenizer
-    from rafale.models import Decoder, export_hf, get_config
+    from rafale.models import Decoder, export_model, get_config
 
     w = tmp_path_factory.mktemp("bad")
     (w / "micro.yaml").write_text(MICRO)
@@ -164,7 +164,7 @@ def w(tmp_path_factory):
     torch.manual_seed(0)
     config = get_config("pythia-14m", vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2,
                         max_seq_len=48, init_std=0.2)
-    export_hf(Decoder(config), w / "tiny")
+    export_model(Decoder(config), w / "tiny")
     tok.save(str(w / "tiny" / "tokenizer.json"))
     for name in ("pickle_model", "truncated_model", "badjson_model", "no_weights"):
         (w / name).mkdir()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rafale.data.tokenizer import DECODER_SPECIALS, load_tokenizer, train_tokenizer
-from rafale.models import Decoder, export_hf, from_pretrained, get_config
+from rafale.models import Decoder, export_model, from_pretrained, get_config
 from rafale.models.generate import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, complete, generate_texts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     config = get_config("pythia-14m", vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2,
                         max_seq_len=48, init_std=0.2)
-    export_hf(Decoder(config), path)
+    export_model(Decoder(config), path)
     return path
 
 
@@ -107,14 +107,14 @@ def run_main(argv, monkeypatch, capsys):
 
 
 def test_an_encoder_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
-    from rafale.models import EncoderConfig, EncoderForMaskedLM, export_hf_encoder
+    from rafale.models import EncoderConfig, EncoderForMaskedLM, export_model
 
     tok = train_tokenizer(SENTENCES, "wordpiece", vocab_size=200, min_frequency=1,
                           special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     tok.save(str(tmp_path / "tokenizer.json"))
     config = EncoderConfig(vocab_size=tok.get_vocab_size(), n_layer=1, n_head=2, n_embd=32, intermediate_size=64,
                            max_seq_len=32)
-    export_hf_encoder(EncoderForMaskedLM(config), tmp_path)
+    export_model(EncoderForMaskedLM(config), tmp_path)
     code, out, err = run_main([tmp_path, "-p", "hi"], monkeypatch, capsys)
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert "holds an encoder (bert), which cannot generate text" in err

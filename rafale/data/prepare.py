@@ -60,12 +60,15 @@ def progress_bar(console) -> Progress:
     return Progress(*columns, console=console, transient=True)
 
 
-def prepare(cfg: DataConfig, console=None, fingerprint: dict | None = None) -> PreparedData:
+def prepare(cfg: DataConfig, console=None, fingerprint: dict | None = None,
+            tokenizer: TokenizerInfo | None = None) -> PreparedData:
     """Prepare (or reuse) the cache entry for `cfg`.
 
     Args:
         fingerprint: `sources.fingerprint(cfg)` when the caller has it already (with `data.fingerprint:
             content` it hashes every source file); None computes it here.
+        tokenizer: the tokenizer for `cfg` when the caller has resolved it already (a run's plan); None
+            loads or trains it here.
 
     Raises:
         DataError: a bad source, field, tokenizer, or too little text (nothing is left in the cache).
@@ -81,7 +84,7 @@ def prepare(cfg: DataConfig, console=None, fingerprint: dict | None = None) -> P
             loaded.update(sources.load_splits(cfg, fields))
         return loaded
 
-    tok = get_tokenizer(cfg, source_fp, lambda: pipe.texts_for_tokenizer(cfg, splits()["train"]), log=log)
+    tok = tokenizer or get_tokenizer(cfg, source_fp, lambda: pipe.texts_for_tokenizer(cfg, splits()["train"]), log=log)
     parts = {"pipeline": cfg.pipeline, "params": pipe.params(cfg), "source": source_fp,
              "tokenizer": tok.sha256, "block_size": cfg.block_size}
     key = key_hash(parts)

@@ -30,8 +30,8 @@ from rafale.models.weights import config_from_hf, export_model, load_weights
 
 __all__ = [
     "Decoder", "DecoderConfig", "Encoder", "EncoderConfig", "EncoderForMaskedLM", "EncoderForSequenceClassification",
-    "KVCache", "LoadReport", "config_from_weights", "export_model", "from_pretrained", "get_config", "list_models",
-    "load_pretrained", "model_from_config", "resolve_model_config",
+    "KVCache", "LoadReport", "build_model", "config_from_weights", "export_model", "from_pretrained", "get_config",
+    "list_models", "load_pretrained", "model_from_config", "resolve_model_config",
 ]
 
 FROM_WEIGHTS = "from_weights"  # model.config value: take the shapes from the checkpoint's config.json
@@ -105,6 +105,19 @@ def model_from_config(config: DecoderConfig | EncoderConfig, head: str = "mlm") 
     if head not in HEAD_CLASSES:
         raise ModelError(f"model.head: {head!r} is not one of {', '.join(HEAD_CLASSES)}")
     return HEAD_CLASSES[head](config)
+
+
+def build_model(config, *, head: str = "lm", weights=None, num_labels: Optional[int] = None,
+                seed: int = 0) -> tuple[torch.nn.Module, LoadReport | None]:
+    """The model a run trains, in train mode: filled from `weights` (with its LoadReport), or fresh from
+    `seed` (report None). `head` is "lm" for decoders, "mlm" or "classification" (`num_labels`) for encoders."""
+    if num_labels is not None:
+        config = dataclasses.replace(config, num_labels=num_labels)
+    if weights is not None:
+        model, report = load_pretrained(weights, head=head, num_labels=num_labels, config=config)
+        return model.train(), report
+    torch.manual_seed(seed)
+    return model_from_config(config, head=head).train(), None
 
 
 def load_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[int] = None,

@@ -330,8 +330,6 @@ def config_to_hf(config: DecoderConfig | EncoderConfig, head: str = "lm", dtype:
     return hf
 
 
-
-
 # --- state dicts -------------------------------------------------------------------------------------------------
 
 

@@ -21,19 +21,6 @@ BATCH = 4  # examples in the overfit batch
 EPOCHS = 60
 
 
-class Rows(torch.utils.data.Dataset):
-    """The rows of one collated batch, as a dataset that default_collate stacks back into that batch."""
-
-    def __init__(self, batch: dict):
-        self.batch = batch
-
-    def __len__(self):
-        return len(self.batch["input_ids"])
-
-    def __getitem__(self, i):
-        return {k: v[i] for k, v in self.batch.items()}
-
-
 def _loss(wrapped, batch) -> float:
     wrapped.eval()
     with torch.no_grad():
@@ -47,7 +34,8 @@ def debug_run(plan, model, data, console) -> int:
     train = data.dataset("train")
     n = min(BATCH, len(train), cfg.data.train_batch_size)
     batch = collate_fn(cfg, data, model, "train")([train[i] for i in range(n)])
-    loader = torch.utils.data.DataLoader(Rows(batch), batch_size=n, collate_fn=torch.utils.data.default_collate)
+    rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]  # default_collate stacks them back
+    loader = torch.utils.data.DataLoader(rows, batch_size=n, collate_fn=torch.utils.data.default_collate)
     kwargs = trainer_kwargs(plan, model, loader, None, callbacks=[])
     wrapped = kwargs["model"]
     kwargs.update(max_duration=f"{EPOCHS}ep", device_train_microbatch_size=n, schedulers=ConstantScheduler(),

@@ -7,16 +7,15 @@ transformers shifts them inside the model). transformers is an optional dependen
 
 from __future__ import annotations
 
-from rafale.errors import ConfigError, ModelError
+from rafale.errors import ModelError
 
 
-def build_hf_model(path_or_id, tok_vocab: int, block_size: int):
+def build_hf_model(path_or_id):
     """A composer.models.HuggingFaceModel around AutoModelForCausalLM.from_pretrained(path_or_id).
 
     Args:
         path_or_id: an HF-layout dir, a rafale run dir or its final/, or a hub id (fetched like model.weights:
             config, safetensors and tokenizer files only).
-        tok_vocab, block_size: the tokenizer's ids must index the embedding, the blocks fit in the positions.
     Returns:
         the Composer model, with token cross-entropy and perplexity as its eval metrics, and the tokenizer
         when the checkpoint has one.
@@ -41,14 +40,6 @@ def build_hf_model(path_or_id, tok_vocab: int, block_size: int):
     except (OSError, ValueError, KeyError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"model.hf: transformers cannot load {path} as a causal LM ({why})") from None
-    where, rows = f"model.hf {path_or_id}", model.get_input_embeddings().num_embeddings
-    if tok_vocab > rows:
-        raise ModelError(f"data.tokenizer has {tok_vocab} tokens but {where} has only {rows} embedding rows; "
-                         f"use a matching tokenizer or model")
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions is not None and block_size > positions:
-        raise ConfigError(f"data.block_size: {block_size} is larger than {where}'s max_position_embeddings "
-                          f"{positions}")
     tokenizer = None
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)

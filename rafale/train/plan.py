@@ -96,7 +96,7 @@ def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=prin
         tokenizer = train_tokenizer(cfg, fingerprint, log)
     mc = with_vocab(cfg, mc, tokenizer.vocab_size)
     if mc is not None:
-        check_fits(cfg, mc, tokenizer.vocab_size)
+        check_fits(cfg, mc.vocab_size, mc.max_seq_len, tokenizer.vocab_size)
     fpt = peak = None
     source = ""
     if isinstance(mc, DecoderConfig) and not debug:
@@ -124,7 +124,7 @@ def model_config(cfg: Config) -> DecoderConfig | EncoderConfig | None:
         kind = "a decoder" if is_decoder else "an encoder"
         raise ConfigError(f"data.pipeline: {cfg.data.pipeline!r} does not train {kind} (model {mc.name!r}); "
                           f"expected one of {', '.join(allowed)}, or a model that fits the pipeline")
-    check_fits(cfg, mc)
+    check_fits(cfg, mc.vocab_size, mc.max_seq_len)
     return mc
 
 
@@ -136,15 +136,16 @@ def with_vocab(cfg: Config, mc, vocab_size: int):
     return dataclasses.replace(mc, vocab_size=math.ceil(vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
 
 
-def check_fits(cfg: Config, mc, tok_vocab: int | None = None) -> None:
-    """The tokenizer's ids must index the embedding; blocks must fit in the model's positions."""
-    where = f"model.weights {cfg.model.weights}" if cfg.model.weights is not None else f"model.config {cfg.model.config}"
-    if tok_vocab is not None and tok_vocab > mc.vocab_size:
-        raise ModelError(f"data.tokenizer has {tok_vocab} tokens but {where} has only {mc.vocab_size} embedding "
-                         f"rows; use a matching tokenizer or model")
-    if cfg.data.block_size > mc.max_seq_len:
+def check_fits(cfg: Config, rows: int, positions: int | None, tok_vocab: int | None = None) -> None:
+    """The tokenizer's ids must index the embedding's rows; blocks must fit in the model's positions."""
+    m = cfg.model
+    where = f"model.hf {m.hf}" if m.hf else f"model.weights {m.weights}" if m.weights else f"model.config {m.config}"
+    if tok_vocab is not None and tok_vocab > rows:
+        raise ModelError(f"data.tokenizer has {tok_vocab} tokens but {where} has only {rows} embedding rows; use "
+                         f"a matching tokenizer or model")
+    if positions is not None and cfg.data.block_size > positions:
         raise ConfigError(f"data.block_size: {cfg.data.block_size} is larger than the model's max_seq_len "
-                          f"{mc.max_seq_len}")
+                          f"{positions} ({where})")
 
 
 def _n_params(mc, head: str) -> int:

@@ -44,13 +44,13 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
     if debug:
         from rafale.train.debug import debug_run
 
-        data = prepare(cfg.data, console=say, fingerprint=plan.fingerprint)
+        data = prepare(cfg.data, console=say, fingerprint=plan.fingerprint, tokenizer=plan.tokenizer)
         return debug_run(plan, build_model(plan, data, say), data, console)
     rd = plan.run_dir
     with RunLock(rd.path, say.print) if rank0 else contextlib.nullcontext():
         if rd.start_over and rank0:
             clear_run_dir(rd.path)
-        data = prepare(cfg.data, console=say, fingerprint=plan.fingerprint)
+        data = prepare(cfg.data, console=say, fingerprint=plan.fingerprint, tokenizer=plan.tokenizer)
         preflight.check_data(plan, data)
         model = build_model(plan, data, say)
         stats = cb.RunStats()
@@ -82,9 +82,14 @@ def build_model(plan: Plan, data: PreparedData, say: Console):
     cfg = plan.cfg
     if cfg.model.hf is not None:
         from rafale.train.hf_backend import build_hf_model
+        from rafale.train.plan import check_fits
 
-        return build_hf_model(cfg.model.hf, data.tokenizer.vocab_size, cfg.data.block_size)
-    from rafale.models.build import build_model as build
+        model = build_hf_model(cfg.model.hf)
+        hf = model.model
+        check_fits(cfg, hf.get_input_embeddings().num_embeddings, getattr(hf.config, "max_position_embeddings", None),
+                   data.tokenizer.vocab_size)
+        return model
+    from rafale.models import build_model as build
 
     labels = data.meta.get("labels") if plan.head == "classification" else None
     model, report = build(plan.model_config, head=plan.head, weights=cfg.model.weights,

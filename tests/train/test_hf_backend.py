@@ -21,7 +21,7 @@ def neox_dir(tmp_path):
 
 
 def test_one_composer_fit_step_on_a_batch_dict(neox_dir):
-    model = build_hf_model(neox_dir, 64, 16)
+    model = build_hf_model(neox_dir)
     ids = torch.randint(0, 64, (4, 16))
     loader = torch.utils.data.DataLoader([{"input_ids": i, "labels": i} for i in ids], batch_size=4)
     trainer = Trainer(model=model, train_dataloader=loader, eval_dataloader=loader, eval_interval="1ba",
@@ -45,10 +45,10 @@ def test_missing_transformers_is_a_model_error(neox_dir, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_transformers)
     with pytest.raises(ModelError, match=r"^model.hf needs transformers: pip install transformers$"):
-        build_hf_model(neox_dir, 64, 16)
+        build_hf_model(neox_dir)
 
 
 def test_pickle_only_dir_is_refused(neox_dir):
     (neox_dir / "model.safetensors").rename(neox_dir / "pytorch_model.bin")
     with pytest.raises(ModelError, match="only pickle weights"):
-        build_hf_model(neox_dir, 64, 16)
+        build_hf_model(neox_dir)
