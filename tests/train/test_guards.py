@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MICRO = """
 run: {name: micro, seed: 1, max_duration: 40ba, eval_interval: 20ba, save_interval: 4ba, log_interval: 1ba,
       sample_tokens: 0, output_dir: runs}
