@@ -234,9 +234,8 @@ def _apply_overrides(raw: dict, overrides, errors: list[str]) -> dict:
 
 def _build(cls, raw: Any, prefix: str, errors: list[str]):
     """Turn a dict into dataclass `cls`, recording (not raising) every problem."""
-    if raw is None:  # a zero-byte file, or only comments: a mistake, not "train the defaults"
-        raise ConfigError(f"{path}: the file is empty; expected a YAML config with sections run, optim, model, "
-                          f"data, logging (see configs/quickstart.yaml)")
+    if raw is None:  # `model:` with nothing under it: the defaults
+        raw = {}
     if not isinstance(raw, dict):
         errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_show(raw)}")
         return cls()

@@ -1,12 +1,10 @@
 """SIGINT and SIGTERM, handled in one place.
 
-A signal raises `Interrupted` (a KeyboardInterrupt that carries the signal number), so every cleanup path
-that handles Ctrl-C handles a scheduler's SIGTERM too, and the CLI exits with 128 + the signal. While a
-training run is inside `deferred()`, the first signal only sets a flag: the run's guard callback stops at
-the next batch end, where the state is whole and can be checkpointed; a second signal interrupts at once.
-
-Composer's engine replaces both handlers with `sys.exit(128 + signal)` when it is imported, which would
-skip those cleanup paths; so `install()` is called again once Composer is imported (rafale/train/run.py).
+A signal raises `Interrupted` (a KeyboardInterrupt carrying the signal number), so every path that cleans
+up after Ctrl-C also does after a scheduler's SIGTERM, and the CLI exits with 128 + the signal. Inside
+`deferred()` (a training run's fit) the first signal is only recorded: the guard callback stops the run at
+the next batch end, where the state is whole and can be checkpointed; a second one interrupts at once.
+Importing Composer replaces both handlers with `sys.exit`, so rafale/train/run.py calls `install()` again.
 """
 
 from __future__ import annotations
@@ -28,15 +26,14 @@ def _handler(signum, frame):
 
 
 def install() -> None:
-    """Route SIGINT and SIGTERM to rafale's handler (main thread only; elsewhere Python forbids it)."""
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread():  # elsewhere Python forbids it
         signal.signal(signal.SIGINT, _handler)
         signal.signal(signal.SIGTERM, _handler)
 
 
 @contextlib.contextmanager
 def deferred():
-    """Within this block, the first signal is only recorded (see `pending`)."""
+    """Within this block the first signal is only recorded, and `pending()` returns it."""
     _state.update(defer=True, pending=None)
     try:
         yield
@@ -45,5 +42,4 @@ def deferred():
 
 
 def pending() -> int | None:
-    """The signal received inside `deferred()`, if any."""
     return _state["pending"]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rafale.config import Config, load_config
+from rafale.config import Config, config_from_dict, load_config
 from rafale.errors import ConfigError
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml"))
@@ -42,7 +42,7 @@ def test_overrides_win_and_are_typed(tmp_path):
 def test_to_dict_round_trips(tmp_path):
     import yaml
 
-    from rafale.config import config_from_dict, dump_config
+    from rafale.config import dump_config
 
     cfg = load_config(write(tmp_path, "run: {name: a}\nmodel: {overrides: {n_layer: 2}}\n"))
     again = config_from_dict(yaml.safe_load(dump_config(cfg)))
@@ -98,3 +98,18 @@ def test_malformed_override(tmp_path, item):
 def test_override_under_a_scalar_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match=r"optim\.lr\.x: cannot set a key under 'lr'"):
         load_config(write(tmp_path, "optim: {lr: 0.1}\n"), ["optim.lr.x=1"])
+
+
+def test_an_empty_section_takes_the_defaults_but_an_empty_file_is_an_error(tmp_path):
+    cfg = load_config(write(tmp_path, "run: {name: a}\nmodel:\n"))
+    assert cfg.model.config == "pythia-14m" and cfg.run.name == "a"
+    for text in ("", "# only a comment\n"):
+        with pytest.raises(ConfigError, match=r"exp\.yaml: the file is empty; expected a YAML config"):
+            load_config(write(tmp_path, text))
+
+
+def test_a_tokenizer_given_as_a_string_is_its_path():
+    cfg = config_from_dict({"data": {"tokenizer": "tok/tokenizer.json"}})
+    assert (cfg.data.tokenizer.path, cfg.data.tokenizer.train) == ("tok/tokenizer.json", None)
+    cfg = config_from_dict({"data": {"tokenizer": {"path": "tok/tokenizer.json"}}})
+    assert (cfg.data.tokenizer.path, cfg.data.tokenizer.train) == ("tok/tokenizer.json", None)

@@ -25,7 +25,7 @@ from rafale.models.checkpoint import (LoadReport, check_readable_weights, checkp
 from rafale.models.decoder import Decoder, DecoderConfig, KVCache
 from rafale.models.encoder import Encoder, EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
 from rafale.models.encoder_weights import HEAD_CLASSES, head_from_checkpoint
-from rafale.models.registry import get_config, list_models
+from rafale.models.registry import get_config, list_models, with_overrides
 from rafale.models.weights import config_from_hf, export_model, load_weights
 
 __all__ = [
@@ -87,15 +87,8 @@ def resolve_model_config(name: str, weights_path=None, **overrides) -> DecoderCo
     path = locate(weights_path)
     check_readable_weights(path)
     config = config_from_weights(path)
-    fields = sorted(f.name for f in dataclasses.fields(config))
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ModelError(f"model.overrides: unknown key {unknown[0]!r}; valid keys: {', '.join(fields)}")
-    try:
-        config = dataclasses.replace(config, **overrides)
-    except ValueError as e:
-        raise ModelError(f"model.overrides: {e}") from e
-    return config
+    return with_overrides(type(config), {f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+                          overrides)
 
 
 def model_from_config(config: DecoderConfig | EncoderConfig, head: str = "mlm") -> torch.nn.Module:

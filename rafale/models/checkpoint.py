@@ -136,13 +136,6 @@ def unreadable(file: Path, e: BaseException) -> ModelError:
     return ModelError(f"{file}: not a readable safetensors file ({e}); was the download or copy cut short?")
 
 
-def read_safetensors(file: Path) -> dict:
-    try:
-        return load_file(file)
-    except (SafetensorError, OSError) as e:
-        raise unreadable(file, e) from None
-
-
 def weight_files(path: Path) -> list[Path]:
     """The safetensors files of an HF-layout dir: model.safetensors, or the shards model.safetensors.index.json lists.
 
@@ -187,7 +180,10 @@ def read_hf_weights(path: Path) -> dict:
     """All tensors of an HF-layout dir (see weight_files for the errors it raises)."""
     tensors = {}
     for file in weight_files(path):
-        tensors.update(read_safetensors(file))
+        try:
+            tensors.update(load_file(file))
+        except (SafetensorError, OSError) as e:
+            raise unreadable(file, e) from None
     return tensors
 
 

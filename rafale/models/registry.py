@@ -137,12 +137,21 @@ def get_config(name: str, **overrides) -> DecoderConfig | EncoderConfig:
         hint = f"; did you mean {lowered[close[0]]!r}?" if close else ""
         raise ModelError(f"model.config: {name!r} is not a known model{hint} (see `rafale models`)")
     config_class = EncoderConfig if name in encoder_names else DecoderConfig
-    fields = sorted(f.name for f in dataclasses.fields(config_class))
-    unknown = sorted(set(overrides) - set(fields))
+    return with_overrides(config_class, copy.deepcopy(name_to_config[name]), overrides)
+
+
+def with_overrides(config_class, fields: dict, overrides: dict):
+    """`config_class(**fields)` with `overrides` replacing fields (model.overrides), checked by the config.
+
+    Raises:
+        ModelError: an override that is not a field, or a combination the config refuses.
+    """
+    known = sorted(f.name for f in dataclasses.fields(config_class))
+    unknown = sorted(set(overrides) - set(known))
     if unknown:
-        raise ModelError(f"model.overrides: unknown key {unknown[0]!r}; valid keys: {', '.join(fields)}")
+        raise ModelError(f"model.overrides: unknown key {unknown[0]!r}; valid keys: {', '.join(known)}")
     try:
-        return config_class(**{**copy.deepcopy(name_to_config[name]), **overrides})
+        return config_class(**{**fields, **overrides})
     except ValueError as e:
         raise ModelError(f"model.overrides: {e}") from e
 

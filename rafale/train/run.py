@@ -229,28 +229,24 @@ def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model
 
 
 def print_summary(console: Console, s: dict) -> None:
+    f4 = lambda key: "-" if s.get(key) is None else f"{s[key]:.4f}"  # noqa: E731
+    rows = [("steps", f"{s['steps']:,}"), ("tokens seen", f"{s['tokens']:,}"), ("train loss", f4("train_loss")),
+            ("eval loss", f4("eval_loss"))]
+    if s["eval_perplexity"] is not None:
+        rows.append(("eval perplexity", f"{s['eval_perplexity']:.2f}"))
+    rows += [(key.replace("_", " "), f4(key)) for key in ("eval_accuracy", "eval_masked_accuracy")
+             if s.get(key) is not None]
+    if s["unigram_eval_loss"] is not None:
+        rows.append(("unigram eval loss", f4("unigram_eval_loss") + "  (a model that ignores context)"))
+    rows.append(("throughput", f"{s['tokens_per_second']:,.0f} tokens/s"))
+    if s.get("mfu") is not None:
+        rows.append(("MFU", f"{s['mfu']:.1%}  ({s['achieved_tflops'] * 1e3:,.1f} of {s['peak_tflops'] * 1e3:,.1f} "
+                            f"GFLOP/s, peak: {s['peak_source']})"))
+    rows += [("saved", s["saved"]), ("loss curve", s.get("loss_plot")), ("sample", s["sample"])]
     t = Table(title="run summary", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    t.add_row("steps", f"{s['steps']:,}")
-    t.add_row("tokens seen", f"{s['tokens']:,}")
-    t.add_row("train loss", fmt(s["train_loss"], ".4f"))
-    t.add_row("eval loss", fmt(s["eval_loss"], ".4f"))
-    if s["eval_perplexity"] is not None:
-        t.add_row("eval perplexity", fmt(s["eval_perplexity"], ".2f"))
-    for key in ("eval_accuracy", "eval_masked_accuracy"):
-        if s.get(key) is not None:
-            t.add_row(key.replace("_", " "), f"{s[key]:.4f}")
-    if s["unigram_eval_loss"] is not None:
-        t.add_row("unigram eval loss", fmt(s["unigram_eval_loss"], ".4f") + "  (a model that ignores context)")
-    t.add_row("throughput", f"{s['tokens_per_second']:,.0f} tokens/s")
-    if s.get("mfu") is not None:
-        t.add_row("MFU", f"{s['mfu']:.1%}  ({s['achieved_tflops'] * 1e3:,.1f} of {s['peak_tflops'] * 1e3:,.1f} "
-                         f"GFLOP/s, peak: {s['peak_source']})")
-    t.add_row("saved", s["saved"])
-    if s.get("loss_plot"):
-        t.add_row("loss curve", s["loss_plot"])
-    if s["sample"] is not None:
-        t.add_row("sample", s["sample"])
+    for name, value in rows:
+        if value is not None:
+            t.add_row(name, value)
     console.print(t)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rafale.config import config_from_dict, load_config
+from rafale.config import load_config
 from rafale.files import is_hub_id
 from rafale.models import Decoder, DecoderConfig, export_model, get_config
 from rafale.train.rundir import LOCK, RunLock
@@ -68,22 +68,6 @@ def test_every_shipped_config_passes_the_model_preflight(path, tmp_path):
     mc = model_config(cfg)
     assert mc.max_seq_len >= cfg.data.block_size
     assert (PIPELINE_HEADS[cfg.data.pipeline] == "lm") == isinstance(mc, DecoderConfig)
-
-
-def test_empty_config_is_an_error_naming_the_file(tmp_path):
-    from rafale.errors import ConfigError
-
-    for text in ("", "# only a comment\n"):
-        (tmp_path / "empty.yaml").write_text(text)
-        with pytest.raises(ConfigError, match=r"empty.yaml: the file is empty; expected a YAML config"):
-            load_config(tmp_path / "empty.yaml")
-
-
-def test_a_tokenizer_given_as_a_string_is_its_path():
-    cfg = config_from_dict({"data": {"tokenizer": "tok/tokenizer.json"}})
-    assert (cfg.data.tokenizer.path, cfg.data.tokenizer.train) == ("tok/tokenizer.json", None)
-    cfg = config_from_dict({"data": {"tokenizer": {"path": "tok/tokenizer.json"}}})
-    assert (cfg.data.tokenizer.path, cfg.data.tokenizer.train) == ("tok/tokenizer.json", None)
 
 
 # ---- the run directory is owned by one process at a time --------------------------------------------------
