@@ -1,17 +1,7 @@
-"""The `rafale` command: thin typer commands over importable functions.
+"""The `rafale` command: thin typer commands over importable functions (`rafale --help`; README's table).
 
-    rafale run -c configs/quickstart.yaml [key=value ...]    prepare data, train, evaluate, save, sample
-    DATA=1  rafale run -c ...                               only prepare (or reuse) the data cache
-    DEBUG=1 rafale run -c ...                               overfit one batch; exit 0 if the loss collapses
-    FORCE=1 rafale run -c ...                               start a finished run over
-    rafale generate runs/quickstart -p "Once upon a time"  stream a continuation (KV cache, greedy or sampled)
-    rafale models                                           the model registry
-    rafale cache list | clear NAME|--all | verify [NAME]   prepared data and trained tokenizers
-    rafale plot runs/a runs/b [-o loss.png]                 loss curves of one or several runs
-    rafale export runs/quickstart out/quickstart-hf         a run as an HF-layout dir, checked with transformers
-
-User mistakes (RafaleError) print one line and exit with code 2; RAFALE_DEBUG=1 or --verbose shows the
-traceback too.
+DATA=1, DEBUG=1 and FORCE=1 are `rafale run`'s --data-only, --debug and --force. User mistakes
+(RafaleError) print one line and exit with code 2; RAFALE_DEBUG=1 or --verbose shows the traceback too.
 """
 
 from __future__ import annotations

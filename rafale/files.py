@@ -1,12 +1,8 @@
 """Writing files so that a reader never sees half of one, and what names a hub repository.
 
-    with atomic_path(out / "config.json") as tmp: tmp.write_text(...)   # renamed into place on success
-    write_json(run / "manifest.json", manifest)                       # the same, for one JSON object
-    replace_dir(tmp_dir, final_dir)                                   # swap a finished directory in
-
-Every file rafale writes for a user (manifests, exports, checkpoints, plots, cache entries) goes through
-these: a kill, a full disk or an exception leaves either the old file or the new one, never a mix, and no
-temporary file behind.
+Every file rafale writes for a user (manifests, exports, checkpoints, plots, cache entries, results) goes
+through `atomic_path` (a temporary name beside the target, renamed into place) or `replace_dir`: a kill, a
+full disk or an exception leaves the old file or the new one, never a mix, and no temporary file behind.
 """
 
 from __future__ import annotations
@@ -46,7 +42,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

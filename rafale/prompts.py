@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from rafale.errors import ConfigError
+from rafale.files import write_text
 from rafale.models.generate import Completion, Stats, encode_prompts, generate_texts
 
 # Decoding a small model is a chain of tiny ops: extra threads mostly wait for each other, and on a busy
@@ -79,10 +80,9 @@ def generate_to_console(model, tok, prompts: Sequence[str], max_new_tokens: int,
             for r in results:
                 console.print(r.prompt + r.completion + "\n", highlight=False, markup=False)
     if output is not None:
-        with open(output, "w", encoding="utf-8") as f:
-            for r in results:
-                f.write(json.dumps({"prompt": r.prompt, "completion": r.completion, "tokens": len(r.tokens),
-                                    "finish_reason": r.finish_reason}, ensure_ascii=False) + "\n")
+        rows = ({"prompt": r.prompt, "completion": r.completion, "tokens": len(r.tokens),
+                 "finish_reason": r.finish_reason} for r in results)
+        write_text(output, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         err_console.print(f"wrote {len(results)} completions to {output}", highlight=False)
     err_console.print(stats.summary(), highlight=False)
     return results

@@ -1,15 +1,14 @@
 """SIGINT and SIGTERM, handled in one place.
 
 A signal raises `Interrupted` (a KeyboardInterrupt carrying the signal number), so every path that cleans
-up after Ctrl-C also does after a scheduler's SIGTERM, and the CLI exits with 128 + the signal. Inside
-`deferred()` (a training run's fit) the first signal is only recorded: the guard callback stops the run at
+up after Ctrl-C also does after a scheduler's SIGTERM, and the CLI exits with 128 + the signal. During a
+training run's fit (`defer(True)`) the first signal is only recorded: the guard callback stops the run at
 the next batch end, where the state is whole and can be checkpointed; a second one interrupts at once.
 Importing Composer replaces both handlers with `sys.exit`, so rafale/train/run.py calls `install()` again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
 
@@ -31,14 +30,9 @@ def install() -> None:
         signal.signal(signal.SIGTERM, _handler)
 
 
-@contextlib.contextmanager
-def deferred():
-    """Within this block the first signal is only recorded, and `pending()` returns it."""
-    _state.update(defer=True, pending=None)
-    try:
-        yield
-    finally:
-        _state.update(defer=False, pending=None)
+def defer(on: bool) -> None:
+    """While on, the first signal is only recorded, and `pending()` returns it."""
+    _state.update(defer=on, pending=None)
 
 
 def pending() -> int | None:

@@ -158,12 +158,10 @@ def load_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[in
     return model.eval(), LoadReport(head, initialized, ignored)
 
 
-def from_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[int] = None,
-                    config: DecoderConfig | EncoderConfig | None = None, device="cpu",
-                    dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
-    """load_pretrained without the report; a freshly initialised head is announced with a warning."""
-    model, report = load_pretrained(weights_path, head=head, num_labels=num_labels, config=config, device=device,
-                                    dtype=dtype)
+def from_pretrained(weights_path, **kwargs) -> torch.nn.Module:
+    """load_pretrained (same arguments) without the report; a freshly initialised head is announced with a
+    warning."""
+    model, report = load_pretrained(weights_path, **kwargs)
     if report.initialized:
         warnings.warn(f"{weights_path}: the checkpoint has no {report.head} head; initialised fresh: "
                       f"{', '.join(report.initialized)}", stacklevel=2)

@@ -104,9 +104,7 @@ class DecoderConfig:
         return int(self.head_dim * self.rotary_pct)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Helpers: norm, rotary embedding, attention mask
-
+# ---- Helpers: norm, rotary embedding, attention mask -----------------------------------------------------
 
 def make_norm(config: DecoderConfig) -> nn.Module:
     if config.norm == "layernorm":
@@ -188,9 +186,7 @@ def attention_mask_for(
     return mask
 
 
-# ---------------------------------------------------------------------------------------------------------
-# KV cache
-
+# ---- KV cache --------------------------------------------------------------------------------------------
 
 class KVCache:
     """Keys and values of every layer, preallocated for max_len positions and filled in place.
@@ -223,9 +219,7 @@ class KVCache:
         return k_all.narrow(2, 0, self.pos + T), v_all.narrow(2, 0, self.pos + T)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Attention -> MLP -> Block -> Decoder
-
+# ---- Attention -> MLP -> Block -> Decoder ----------------------------------------------------------------
 
 class Attention(nn.Module):
     def __init__(self, config: DecoderConfig, layer_idx: int):

@@ -101,27 +101,31 @@ def canonical_key(key: str, family: str) -> str:
     return key
 
 
-def encoder_config_from_hf(hf: dict, name: str | None = None, source: str = "config.json") -> EncoderConfig:
-    """Translate an HF BERT/RoBERTa config.json (as a dict) into an EncoderConfig.
+# config.json key -> EncoderConfig field, both ways; a key config.json lacks keeps the field's default,
+# which is transformers' default too. Positions, padding, labels and the family are translated below.
+CONFIG_FIELDS = {"vocab_size": "vocab_size", "hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+                 "num_attention_heads": "n_head", "intermediate_size": "intermediate_size",
+                 "type_vocab_size": "type_vocab_size", "layer_norm_eps": "layer_norm_eps",
+                 "hidden_dropout_prob": "dropout", "attention_probs_dropout_prob": "attn_dropout",
+                 "initializer_range": "init_std"}
+# what rafale's encoder implements; a config.json that switches on anything else is refused
+FIXED = {"hidden_act": "gelu", "position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False}
 
-    Args:
-        hf: the parsed config.json, whose model_type is 'bert' or 'roberta'.
-        name: the config's name in rafale (default: the model_type).
-        source: where `hf` came from, for error messages.
+
+def encoder_config_from_hf(hf: dict, name: str | None = None, source: str = "config.json") -> EncoderConfig:
+    """Translate an HF BERT/RoBERTa config.json (as a dict) into an EncoderConfig; `source` is where `hf`
+    came from, for error messages.
 
     Raises:
         ModelError: a size field is missing, or a feature rafale's encoder does not implement is switched
             on (non-GELU activation, relative positions, decoder mode).
     """
     family = hf["model_type"]
-    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                "max_position_embeddings")
-    for key in required:
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings"):
         if not isinstance(hf.get(key), int):
             raise ModelError(f"{source}: '{key}' must be an integer, found {hf.get(key)!r}")
-    unsupported = {"hidden_act": "gelu", "position_embedding_type": "absolute", "is_decoder": False,
-                   "add_cross_attention": False}
-    for key, supported in unsupported.items():
+    for key, supported in FIXED.items():
         if hf.get(key, supported) != supported:
             raise ModelError(f"{source}: {key} {hf[key]!r} is not supported; rafale's encoder needs {supported!r}")
     pad = hf.get("pad_token_id")
@@ -129,49 +133,20 @@ def encoder_config_from_hf(hf: dict, name: str | None = None, source: str = "con
     offset = pad + 1 if family == "roberta" else 0
     labels = hf.get("id2label")
     try:
-        return EncoderConfig(
-            name=name or family,
-            vocab_size=hf["vocab_size"],
-            n_layer=hf["num_hidden_layers"],
-            n_head=hf["num_attention_heads"],
-            n_embd=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            max_seq_len=hf["max_position_embeddings"] - offset,
-            type_vocab_size=hf.get("type_vocab_size", 2),
-            pad_token_id=pad,
-            position_offset=offset,
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-            dropout=hf.get("hidden_dropout_prob", 0.1),
-            attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-            init_std=hf.get("initializer_range", 0.02),
-            num_labels=len(labels) if labels else hf.get("num_labels", 2),
-            classifier=family,
-        )
+        return EncoderConfig(name=name or family, **{ours: hf[key] for key, ours in CONFIG_FIELDS.items() if key in hf},
+                             max_seq_len=hf["max_position_embeddings"] - offset, pad_token_id=pad,
+                             position_offset=offset, num_labels=len(labels) if labels else hf.get("num_labels", 2),
+                             classifier=family)
     except ValueError as e:
         raise ModelError(f"{source}: {e}") from None
 
 
 def encoder_config_to_hf(config: EncoderConfig) -> dict:
     """The size and switch fields of an HF BERT/RoBERTa config.json (weights.config_to_hf adds the class)."""
-    return {
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.n_embd,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "intermediate_size": config.intermediate_size,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": config.dropout,
-        "attention_probs_dropout_prob": config.attn_dropout,
-        "max_position_embeddings": config.n_positions,
-        "type_vocab_size": config.type_vocab_size,
-        "initializer_range": config.init_std,
-        "layer_norm_eps": config.layer_norm_eps,
-        "pad_token_id": config.pad_token_id,
-        "position_embedding_type": "absolute",
-        "tie_word_embeddings": True,
-        "id2label": {str(i): f"LABEL_{i}" for i in range(config.num_labels)},
-        "label2id": {f"LABEL_{i}": i for i in range(config.num_labels)},
-    }
+    labels = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
+    return {**{key: getattr(config, ours) for key, ours in CONFIG_FIELDS.items()}, **FIXED,
+            "max_position_embeddings": config.n_positions, "pad_token_id": config.pad_token_id,
+            "tie_word_embeddings": True, "id2label": labels, "label2id": {v: int(k) for k, v in labels.items()}}
 
 
 def head_from_checkpoint(hf: dict, keys, source) -> str:

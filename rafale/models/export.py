@@ -20,21 +20,17 @@ from typing import Optional
 
 import torch
 
+from rafale.data.tokenizer import (BOS_CANDIDATES, CLS_CANDIDATES, EOS_CANDIDATES, MASK_CANDIDATES, PAD_CANDIDATES,
+                                   SEP_CANDIDATES)
 from rafale.errors import ModelError
 from rafale.files import replace_dir, write_json
 from rafale.models.checkpoint import listing, locate
 
-# Special tokens that tokenizer_config.json names when the vocabulary has them: rafale's own first, then
-# the names BERT/RoBERTa/GPT-NeoX tokenizers use.
-SPECIAL_TOKENS = {
-    "eos_token": ("<|endoftext|>", "</s>", "[SEP]"),
-    "bos_token": ("<s>",),
-    "pad_token": ("<|pad|>", "<pad>", "[PAD]", "<|padding|>"),
-    "unk_token": ("<unk>", "[UNK]"),
-    "cls_token": ("[CLS]", "<s>"),
-    "sep_token": ("[SEP]", "</s>"),
-    "mask_token": ("[MASK]", "<mask>"),
-}
+# Special tokens that tokenizer_config.json names when the vocabulary has them, by the names rafale's
+# tokenizer loader looks for (its own first, then those of BERT/RoBERTa/GPT-NeoX/Llama tokenizers).
+SPECIAL_TOKENS = {"eos_token": EOS_CANDIDATES, "bos_token": BOS_CANDIDATES, "pad_token": PAD_CANDIDATES,
+                  "unk_token": ("<unk>", "[UNK]"), "cls_token": CLS_CANDIDATES, "sep_token": SEP_CANDIDATES,
+                  "mask_token": MASK_CANDIDATES}
 # Copied as they are when the source has them (a run's final/ has tokenizer.json and generation_config.json).
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                 "merges.txt", "tokenizer.model", "generation_config.json")

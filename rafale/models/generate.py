@@ -39,9 +39,7 @@ FINISH_EOS, FINISH_STOP, FINISH_LENGTH = "eos", "stop", "length"
 HEAD_COPY_MAX_BYTES = 256 * 2**20
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Sampling: pure functions of logits
-
+# ---- Sampling: pure functions of logits ------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Sampling:
@@ -107,9 +105,7 @@ def next_token(logits: torch.Tensor, seen: Optional[torch.Tensor], settings: Sam
     return sample(logits, settings.temperature, settings.top_k, settings.top_p, generator)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The decoding loop
-
+# ---- The decoding loop -----------------------------------------------------------------------------------
 
 def left_pad(prompts_ids: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(B, T) ids, right-aligned, and the (B, T) mask of real tokens (None when no row is padded)."""
@@ -209,9 +205,7 @@ def generate(
                                  kv_cache=cache)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Text in, text out
-
+# ---- Text in, text out -----------------------------------------------------------------------------------
 
 @dataclass
 class Completion:

@@ -31,9 +31,7 @@ ROBERTA = dict(max_seq_len=512, type_vocab_size=1, pad_token_id=1, position_offs
                classifier="roberta")
 
 decoders = [
-    ####################
-    # EleutherAI Pythia
-    ####################
+    # ---- EleutherAI Pythia ----
     # https://huggingface.co/EleutherAI/pythia-14m/blob/main/config.json
     dict(GPT_NEOX, name="pythia-14m", vocab_size=50304, n_layer=6, n_head=4, n_embd=128, intermediate_size=512,
          max_seq_len=2048),
@@ -64,9 +62,7 @@ decoders = [
     # https://huggingface.co/EleutherAI/pythia-12b/blob/main/config.json
     dict(GPT_NEOX, name="pythia-12b", vocab_size=50688, n_layer=36, n_head=40, n_embd=5120,
          intermediate_size=20480, max_seq_len=2048),
-    ##########################################
-    # Llama-style: SmolLM, TinyLlama, Llama 3.2
-    ##########################################
+    # ---- Llama-style: SmolLM, TinyLlama, Llama 3.2 ----
     # https://huggingface.co/HuggingFaceTB/SmolLM-135M/blob/main/config.json
     dict(LLAMA, name="SmolLM-135M", vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, n_embd=576,
          intermediate_size=1536, max_seq_len=2048, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True),
@@ -81,17 +77,12 @@ decoders = [
     dict(LLAMA, name="Llama-3.2-1B", vocab_size=128256, n_layer=16, n_head=32, n_kv_head=8, n_embd=2048,
          intermediate_size=8192, max_seq_len=131072, rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=True,
          rope_scaling=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=8192)),
-    ##########
-    # Qwen2.5
-    ##########
+    # ---- Qwen2.5 ----
     # https://huggingface.co/Qwen/Qwen2.5-0.5B/blob/main/config.json
     dict(LLAMA, name="Qwen2.5-0.5B", vocab_size=151936, n_layer=24, n_head=14, n_kv_head=2, n_embd=896,
          intermediate_size=4864, max_seq_len=32768, rope_theta=1000000.0, norm_eps=1e-6, tie_embeddings=True,
          attn_qkv_bias=True),
-    ###############################################################################
-    # From scratch, for quick CPU experiments. vocab_size 4096 is the quickstart
-    # tokenizer's; pass vocab_size=... for another tokenizer.
-    ###############################################################################
+    # ---- From scratch, for quick CPU experiments (vocab_size 4096: pass another for your tokenizer) ----
     # GPT-NeoX switches: 1.8M parameters, 0.8M of them outside the embeddings
     dict(GPT_NEOX, name="pythia-tiny", vocab_size=4096, n_layer=4, n_head=4, n_embd=128, intermediate_size=512,
          max_seq_len=1024),
@@ -100,10 +91,8 @@ decoders = [
          intermediate_size=384, max_seq_len=1024, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True),
 ]
 
-###################################################################################################
-# BERT and RoBERTa encoders. The google/bert_uncased_L-*_H-*_A-* miniatures are from "Well-Read
+# ---- BERT and RoBERTa encoders. The google/bert_uncased_L-*_H-*_A-* miniatures are from "Well-Read
 # Students Learn Better" (Turc et al., 2019); tiny/mini/small/medium are that paper's names.
-###################################################################################################
 encoders = [
     # https://huggingface.co/google/bert_uncased_L-2_H-128_A-2/blob/main/config.json
     dict(BERT, name="bert-tiny", n_layer=2, n_head=2, n_embd=128, intermediate_size=512),
@@ -167,8 +156,8 @@ def list_models() -> list[tuple[str, str, int]]:
         config = get_config(name)
         with torch.device("meta"):
             if isinstance(config, EncoderConfig):
-                family, n_params = hf_model_type(config), sum(p.numel() for p in EncoderForMaskedLM(config).parameters())
+                n_params = sum(p.numel() for p in EncoderForMaskedLM(config).parameters())
             else:
-                family, n_params = hf_model_type(config), Decoder(config).num_params()
-        rows.append((name, family, n_params))
+                n_params = Decoder(config).num_params()
+        rows.append((name, hf_model_type(config), n_params))
     return rows

@@ -233,11 +233,9 @@ def config_from_hf(hf: dict, name: Optional[str] = None, source="config.json") -
 
     neox = model_type == "gpt_neox"
     expected_act = "gelu" if neox else "silu"
-    act = hf.get("hidden_act", expected_act)
-    if act != expected_act:
-        raise ModelError(
-            f"{source}: hidden_act {act!r} is not supported for {model_type}; expected {expected_act!r}"
-        )
+    if hf.get("hidden_act", expected_act) != expected_act:
+        raise ModelError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported for {model_type}; expected "
+                         f"{expected_act!r}")
     n_embd, n_head = need("hidden_size"), need("num_attention_heads")
     if hf.get("head_dim") not in (None, n_embd // n_head):
         raise ModelError(f"{source}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads; not supported")
@@ -247,9 +245,7 @@ def config_from_hf(hf: dict, name: Optional[str] = None, source="config.json") -
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
-        raise ModelError(
-            f"{source}: rope_type {rope_type!r} is not supported; rafale implements 'default' and 'llama3'"
-        )
+        raise ModelError(f"{source}: rope_type {rope_type!r} is not supported; rafale implements default, llama3")
     rope_scaling = None
     if rope_type == "llama3":
         try:
@@ -280,9 +276,8 @@ def config_from_hf(hf: dict, name: Optional[str] = None, source="config.json") -
     else:
         bias = hf.get("attention_bias", False)
         if model_type == "llama" and bias != hf.get("mlp_bias", False):
-            raise ModelError(
-                f"{source}: llama with attention_bias != mlp_bias is not supported; rafale's bias switch covers both"
-            )
+            raise ModelError(f"{source}: llama with attention_bias != mlp_bias is not supported; rafale's bias "
+                             f"switch covers both")
         family = dict(n_kv_head=hf.get("num_key_value_heads", n_head), norm="rmsnorm",
                       norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", bias=model_type == "llama" and bias,
                       attn_qkv_bias=model_type == "qwen2")

@@ -32,28 +32,6 @@ def total_batches(state: State) -> int | None:
     return None
 
 
-class _Clock:
-    """Training-only wall time and token counts, for tokens/s."""
-
-    def __init__(self):
-        self.train_seconds = 0.0
-        self.tokens = 0
-        self._t = None
-
-    def start(self):
-        self._t = time.perf_counter()
-
-    def stop(self, tokens: int):
-        if self._t is not None:
-            self.train_seconds += time.perf_counter() - self._t
-            self.tokens += tokens
-            self._t = None
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.train_seconds if self.train_seconds else 0.0
-
-
 EVAL_NAMES = {"MulticlassAccuracy": "accuracy", "MaskedAccuracy": "masked_accuracy"}
 
 
@@ -61,7 +39,7 @@ class RunStats(Callback):
     """Tracks training throughput and the latest losses; everything else reads from here."""
 
     def __init__(self):
-        self.clock = _Clock()
+        self.train_seconds, self.tokens, self._t0 = 0.0, 0, 0.0  # training time and tokens (eval excluded)
         self.train_loss: float | None = None
         self.eval_loss: float | None = None
         self.eval_ppl: float | None = None
@@ -71,15 +49,18 @@ class RunStats(Callback):
 
     def batch_start(self, state: State, logger: Logger) -> None:
         self._tokens_before = state.timestamp.token.value
-        self.clock.start()
+        self._t0 = time.perf_counter()
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        # Composer has already advanced the timestamp when BATCH_END fires
-        tokens = state.timestamp.token.value - self._tokens_before
-        loss = state.loss
-        self.train_loss = float(sum(l.item() for l in loss) / len(loss)) if isinstance(loss, (list, tuple)) else float(loss.item())
-        self.clock.stop(tokens)
+        self.train_seconds += time.perf_counter() - self._t0
+        self.tokens += state.timestamp.token.value - self._tokens_before  # Composer has advanced it already
+        losses = state.loss if isinstance(state.loss, (list, tuple)) else [state.loss]
+        self.train_loss = sum(float(l) for l in losses) / len(losses)
         self.lr = state.optimizers[0].param_groups[0]["lr"]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds else 0.0
 
     def eval_end(self, state: State, logger: Logger) -> None:
         metrics = next(iter(state.eval_metrics.values()), {})
@@ -117,7 +98,7 @@ class RichProgress(Callback):
         s = self.stats
         total = total_batches(state)
         self.progress.update(self.task, completed=state.timestamp.batch.value, total=total,
-                             loss=f"{s.train_loss:.3f}", lr=f"{s.lr:.2e}", tps=f"{s.clock.tokens_per_second:,.0f}")
+                             loss=f"{s.train_loss:.3f}", lr=f"{s.lr:.2e}", tps=f"{s.tokens_per_second:,.0f}")
 
     def eval_end(self, state: State, logger: Logger) -> None:
         s = self.stats
@@ -172,9 +153,9 @@ class MetricsFile(Callback):
         if step % self.log_interval == 0 or step == total_batches(state):
             s = self.stats
             record = {"step": step, "tokens": state.timestamp.token.value, "train/loss": s.train_loss, "lr": s.lr,
-                      "tokens_per_s": round(s.clock.tokens_per_second, 1)}
+                      "tokens_per_s": round(s.tokens_per_second, 1)}
             if self.flops_per_token and self.peak_flops:
-                record["mfu"] = round(s.clock.tokens_per_second * self.flops_per_token / self.peak_flops, 4)
+                record["mfu"] = round(s.tokens_per_second * self.flops_per_token / self.peak_flops, 4)
             self._write({**record, "time": round(time.time(), 3)})
 
     def eval_end(self, state: State, logger: Logger) -> None:

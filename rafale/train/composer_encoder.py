@@ -24,54 +24,45 @@ from torchmetrics.classification import MulticlassAccuracy
 from rafale.data import IGNORE_INDEX
 
 
-def _encoder_inputs(batch: dict) -> dict:
-    return {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"),
-            "token_type_ids": batch.get("token_type_ids")}
+class _ComposerEncoder(ComposerModel):
+    """An encoder under Composer: the batch's encoder inputs in, the head's output out; metrics by name."""
+
+    def __init__(self, model: torch.nn.Module, train_metrics: dict, val_metrics: dict):
+        super().__init__()
+        self.model, self.train_metrics, self.val_metrics = model, train_metrics, val_metrics
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                          token_type_ids=batch.get("token_type_ids"))  # (B, num_labels) or (B, T, V)
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+        return self.train_metrics if is_train else self.val_metrics
+
+    def update_metric(self, batch: dict, outputs: torch.Tensor, metric: Metric) -> None:
+        metric.update(outputs, batch["labels"])
 
 
-class ComposerClassifier(ComposerModel):
+class ComposerClassifier(_ComposerEncoder):
     """An EncoderForSequenceClassification: cross-entropy loss; accuracy in training and evaluation."""
 
     def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
         n = model.config.num_labels
-        self.train_metrics = {"MulticlassAccuracy": MulticlassAccuracy(num_classes=n, average="micro")}
-        self.val_metrics = {"MulticlassAccuracy": MulticlassAccuracy(num_classes=n, average="micro"),
-                            "CrossEntropy": LossMetric(F.cross_entropy)}
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(**_encoder_inputs(batch))  # (B, num_labels)
+        super().__init__(model, {"MulticlassAccuracy": MulticlassAccuracy(num_classes=n, average="micro")},
+                         {"MulticlassAccuracy": MulticlassAccuracy(num_classes=n, average="micro"),
+                          "CrossEntropy": LossMetric(F.cross_entropy)})
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         return F.cross_entropy(outputs, batch["labels"])
 
-    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
-        return self.train_metrics if is_train else self.val_metrics
 
-    def update_metric(self, batch: dict, outputs: torch.Tensor, metric: Metric) -> None:
-        metric.update(outputs, batch["labels"])
-
-
-class ComposerMLM(ComposerModel):
+class ComposerMLM(_ComposerEncoder):
     """An EncoderForMaskedLM: cross-entropy on the masked positions; their accuracy, loss and perplexity."""
 
     def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-        self.train_metrics = {"MaskedAccuracy": MaskedAccuracy(ignore_index=IGNORE_INDEX)}
-        self.val_metrics = {"MaskedAccuracy": MaskedAccuracy(ignore_index=IGNORE_INDEX),
-                            "CrossEntropy": LanguageCrossEntropy(ignore_index=IGNORE_INDEX),
-                            "Perplexity": LanguagePerplexity(ignore_index=IGNORE_INDEX)}
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(**_encoder_inputs(batch))  # (B, T, V)
+        super().__init__(model, {"MaskedAccuracy": MaskedAccuracy(ignore_index=IGNORE_INDEX)},
+                         {"MaskedAccuracy": MaskedAccuracy(ignore_index=IGNORE_INDEX),
+                          "CrossEntropy": LanguageCrossEntropy(ignore_index=IGNORE_INDEX),
+                          "Perplexity": LanguagePerplexity(ignore_index=IGNORE_INDEX)})
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         return F.cross_entropy(outputs.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
-
-    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
-        return self.train_metrics if is_train else self.val_metrics
-
-    def update_metric(self, batch: dict, outputs: torch.Tensor, metric: Metric) -> None:
-        metric.update(outputs, batch["labels"])

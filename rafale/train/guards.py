@@ -43,16 +43,12 @@ class Guard(Callback):
     def __init__(self, checkpoints: Path, save_interval: str, lr: float):
         self.checkpoints, self.save_interval, self.lr = Path(checkpoints), save_interval, lr
         self.will_save = create_interval_scheduler(save_interval)  # the same rule as Composer's saver
-        self._deferred = None
 
     def fit_start(self, state, logger) -> None:
-        self._deferred = signals.deferred()
-        self._deferred.__enter__()
+        signals.defer(True)
 
     def close(self, state, logger) -> None:
-        if self._deferred is not None:
-            self._deferred.__exit__(None, None, None)
-            self._deferred = None
+        signals.defer(False)
 
     def batch_end(self, state, logger) -> None:  # before Event.BATCH_CHECKPOINT: a bad step is never saved
         losses = state.loss if isinstance(state.loss, (list, tuple)) else [state.loss]

@@ -1,11 +1,8 @@
 """Checks that fail a run early, with one clear line, instead of late or with a traceback.
 
     check_room(cfg, n_params, fingerprint)   before any data work: the run directory and the cache can be
-                                             written, and their disks have room for the estimated cache
-                                             entry, checkpoints and final model
-    check_data(plan, data)                   right after data preparation, before the run directory is
-                                             written: enough train examples for one batch, a non-empty
-                                             eval split when one was asked for
+                                             written, and their disks have room for what the run will write
+    check_data(plan, data)                   after data preparation: one train batch, a non-empty eval split
 
 The model, device, batch and run-directory checks happen where those facts are resolved (plan.py).
 """

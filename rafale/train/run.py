@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import pickle
 import shutil
 import time
@@ -29,7 +30,7 @@ from rafale.train import callbacks as cb
 from rafale.train import guards, preflight
 from rafale.train.checkpoints import harden_composer, latest_checkpoint, unreadable
 from rafale.train.plan import Plan, make_plan
-from rafale.train.rundir import RunLock, clear_run_dir, write_manifest
+from rafale.train.rundir import clear_run_dir, run_lock, write_manifest
 from rafale.train.trainer import dataloaders, num_params, trainer_kwargs
 
 
@@ -47,7 +48,7 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         data = prepare(cfg.data, console=say, fingerprint=plan.fingerprint, tokenizer=plan.tokenizer)
         return debug_run(plan, build_model(plan, data, say), data, console)
     rd = plan.run_dir
-    with RunLock(rd.path, say.print) if rank0 else contextlib.nullcontext():
+    with run_lock(rd.path, say.print) if rank0 else contextlib.nullcontext():
         if rd.start_over and rank0:
             clear_run_dir(rd.path)
         data = prepare(cfg.data, console=say, fingerprint=plan.fingerprint, tokenizer=plan.tokenizer)
@@ -173,7 +174,6 @@ def export_final(model, data: PreparedData, run_dir: Path) -> Path:
 
     final, tmp = run_dir / "final", run_dir / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     if isinstance(model, HuggingFaceModel):
         model.model.save_pretrained(tmp, safe_serialization=True)
     else:
@@ -183,8 +183,6 @@ def export_final(model, data: PreparedData, run_dir: Path) -> Path:
         write_json(tmp / "generation_config.json", {"eos_token_id": data.tokenizer.eos_id,
                                                     "pad_token_id": data.tokenizer.pad_id})
     if "labels" in data.meta:  # classification: output index -> label name, as transformers reads it
-        import json
-
         hf_config = json.loads((tmp / "config.json").read_text())
         hf_config["id2label"] = dict(enumerate(data.meta["labels"]))
         hf_config["label2id"] = {name: i for i, name in enumerate(data.meta["labels"])}
@@ -214,7 +212,7 @@ def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model
     model.eval()
     sample = complete(model, data.tokenizer, cfg.run.sample_prompt, cfg.run.sample_tokens) \
         if cfg.run.sample_tokens and isinstance(model, Decoder) else None
-    tps = stats.clock.tokens_per_second
+    tps = stats.tokens_per_second
     mfu = {}
     if plan.flops_per_token:
         achieved, peak = plan.flops_per_token * tps, plan.peak_flops
@@ -225,7 +223,7 @@ def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model
             "eval_loss": stats.eval_loss, "eval_perplexity": stats.eval_ppl,
             **{f"eval_{k}": v for k, v in stats.eval_extra.items()},
             "unigram_eval_loss": unigram_eval_loss(data), "tokens_per_second": round(tps, 1),
-            "train_seconds": round(stats.clock.train_seconds, 2), **mfu, "saved": str(final), "sample": sample}
+            "train_seconds": round(stats.train_seconds, 2), **mfu, "saved": str(final), "sample": sample}
 
 
 def print_summary(console: Console, s: dict) -> None:

@@ -1,7 +1,7 @@
 """The run directory `<run.output_dir>/<run.name>/`: what state it is in, who owns it, what it records.
 
     state = inspect_run_dir(cfg, force)   new, resume (and why), or refused: read only, nothing written
-    with RunLock(path): ...               one process owns the directory while it trains
+    with run_lock(path): ...              one process owns the directory while it trains
     write_manifest(path, cfg, ...)        manifest.json: versions, data key, seed, hardware, status
 
 It holds config.yaml (the resolved config), manifest.json, checkpoints/, metrics.jsonl, loss.png and
@@ -11,6 +11,7 @@ latest checkpoint when started again with a compatible config.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -84,45 +86,35 @@ def inspect_run_dir(cfg: Config, force: bool) -> RunDirState:
     return RunDirState(path, latest.resolve(), why)
 
 
-class RunLock:
-    """An exclusive lock on a run directory while a process trains in it (`run.lock`: pid, host, start).
+@contextlib.contextmanager
+def run_lock(path: Path, log=print) -> Iterator[None]:
+    """One process trains in a run directory at a time: an flock on `run.lock`, which names its pid and host.
 
-    A second process refuses with the holder's pid and host. The lock is an flock, so a process that dies
-    holds nothing; the file it leaves names it, and the next run takes over with a message. On exit the
-    lock file goes, and the directory too if the run wrote nothing else into it.
+    A second process refuses, naming the holder. A process that dies holds nothing, and the next run takes
+    over the file it left, with a message. On exit the lock file goes, and the directory too if the run
+    wrote nothing else into it.
     """
-
-    def __init__(self, path: Path, log=print):
-        self.path, self.log, self.file = Path(path), log, None
-
-    def __enter__(self) -> "RunLock":
-        self.created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock = self.path / LOCK
-        self.file = open(lock, "a+")
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / LOCK, "a+") as f:
+        f.seek(0)
+        holder = f.read().strip()
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise RunStateError(f"{self.path}: another run is training in this directory ({holder}); wait for "
-                                f"it to end, or choose another run.name") from None
-        self.file.seek(0)
-        left = self.file.read().strip()
-        if left:
-            self.log(f"taking over {lock}, left by a run that is no longer running ({left})")
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        (self.path / LOCK).unlink(missing_ok=True)
-        self.file.close()
-        if self.created and not any(self.path.iterdir()):
-            self.path.rmdir()
+            raise RunStateError(f"{path}: another run is training in this directory ({holder or 'another process'}); "
+                                f"wait for it to end, or choose another run.name") from None
+        if holder:
+            log(f"taking over {path / LOCK}, left by a run that is no longer running ({holder})")
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            (path / LOCK).unlink(missing_ok=True)
+    if created and not any(path.iterdir()):
+        path.rmdir()
 
 
 def clear_run_dir(path: Path) -> None:

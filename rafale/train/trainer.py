@@ -158,8 +158,9 @@ def trainer_kwargs(plan, model: torch.nn.Module, train_dl, eval_dl, *, callbacks
     """Everything the plan says, as Composer Trainer arguments (a dict: DEBUG=1 changes a few of them)."""
     cfg = plan.cfg
     wrapped = composer_model(model)
-    # an eval interval of 0 (0ba, 0ep, ...) means: evaluate once, at the end of the run
-    eval_every = cfg.run.max_duration if Time.from_timestring(cfg.run.eval_interval).value == 0 else cfg.run.eval_interval
+    eval_every = cfg.run.eval_interval
+    if Time.from_timestring(eval_every).value == 0:  # 0ba, 0ep, ...: evaluate once, at the end of the run
+        eval_every = cfg.run.max_duration
     return dict(
         model=wrapped,
         train_dataloader=train_dl,

@@ -14,7 +14,7 @@ import torch
 from rafale.config import load_config
 from rafale.files import is_hub_id
 from rafale.models import Decoder, DecoderConfig, export_model, get_config
-from rafale.train.rundir import LOCK, RunLock
+from rafale.train.rundir import LOCK, run_lock
 from train_helpers import MICRO, QUICKSTART, ROOT, rafale_cmd, run_rafale
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -73,7 +73,7 @@ def test_every_shipped_config_passes_the_model_preflight(path, tmp_path):
 # ---- the run directory is owned by one process at a time --------------------------------------------------
 def test_a_second_run_in_the_same_directory_is_refused(rafale_env, tmp_path):
     run_dir = tmp_path / "runs" / "twin"
-    with RunLock(run_dir):
+    with run_lock(run_dir):
         holder = (run_dir / LOCK).read_text().strip()
         p = subprocess.run(rafale_cmd(tmp_path / "runs", "run.name=twin", "run.max_duration=2ba"), env=rafale_env,
                            capture_output=True, text=True, timeout=300)
