@@ -68,34 +68,6 @@ def run(
     raise typer.Exit(code)
 
 
-def _decoder_and_tokenizer(path: Path):
-    """(the decoder that `path` names, loaded once, and the TokenizerInfo beside it).
-
-    Raises:
-        ModelError: `path` is not a model (see checkpoint.locate) or holds an encoder, which cannot generate.
-        DataError: no tokenizer.json beside the model.
-    """
-    from rafale.data.tokenizer import tokenizer_beside
-    from rafale.errors import DataError, ModelError
-    from rafale.models import Decoder, from_pretrained
-    from rafale.models.checkpoint import locate
-    from rafale.models.weights import hf_model_type
-
-    model_dir = locate(path)  # a run dir's final/, or a hub id's downloaded copy
-    try:
-        tok = tokenizer_beside(model_dir)
-    except DataError:
-        if Path(path).expanduser().exists():
-            raise
-        raise DataError(f"{path}: the hub repository has no tokenizer.json (expected it in its download, "
-                        f"{model_dir}); only models with a tokenizers-library tokenizer.json can generate") from None
-    model = from_pretrained(model_dir)
-    if not isinstance(model, Decoder):
-        raise ModelError(f"{path} holds an encoder ({hf_model_type(model.config)}), which cannot generate text; "
-                         f"rafale generate needs a decoder (gpt_neox, llama or qwen2)")
-    return model, tok
-
-
 @app.command()
 def generate(
     path: Path = typer.Argument(..., help="A run directory, its final/, an HF-layout model directory or a hub id."),
@@ -117,6 +89,7 @@ def generate(
     import torch
 
     from rafale.errors import ConfigError
+    from rafale.loading import model_and_tokenizer
     from rafale.models.generate import Sampling
     from rafale.prompts import decoding_threads, generate_to_console, read_prompts
 
@@ -124,7 +97,7 @@ def generate(
         raise ConfigError("give either -p/--prompt (repeatable) or --prompts-file, not both and not neither")
     prompts = list(prompt) if prompt is not None else read_prompts(prompts_file)
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
-    model, tok = _decoder_and_tokenizer(path)
+    model, tok = model_and_tokenizer(path, decoder_for="rafale generate")
     torch.set_num_threads(threads or decoding_threads(model))
     generate_to_console(model, tok, prompts, max_new_tokens, console=console, err_console=err_console,
                         output=output, sampling=sampling, stop=stop or (), seed=seed, batch_size=batch_size)
