@@ -5,6 +5,7 @@
     DEBUG=1 rafale run -c ...                               overfit one batch; exit 0 if the loss collapses
     FORCE=1 rafale run -c ...                               start a finished run over
     rafale generate runs/quickstart -p "Once upon a time"  stream a continuation (KV cache, greedy or sampled)
+    rafale eval runs/quickstart --data my.txt --tasks stories_cloze   perplexity, bits per byte, lm-eval tasks
     rafale models                                           the model registry
     rafale cache list | clear NAME|--all | verify [NAME]   prepared data and trained tokenizers
     rafale plot runs/a runs/b [-o loss.png]                 loss curves of one or several runs
@@ -33,7 +34,7 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-CONFIG_SECTIONS = ("run.", "optim.", "model.", "data.", "logging.")
+CONFIG_SECTIONS = ("run.", "optim.", "model.", "data.", "logging.", "eval.")
 
 
 def _flag(name: str) -> bool:
@@ -101,6 +102,39 @@ def generate(
     torch.set_num_threads(threads or decoding_threads(model))
     generate_to_console(model, tok, prompts, max_new_tokens, console=console, err_console=err_console,
                         output=output, sampling=sampling, stop=stop or (), seed=seed, batch_size=batch_size)
+
+
+@app.command("eval")
+def eval_(
+    path: Path = typer.Argument(..., help="A run directory, its final/, an HF-layout model directory or a hub id."),
+    data: Optional[str] = typer.Option(None, "--data", help="Any data.source: loss, perplexity, bits per byte "
+                                                             "(decoders), accuracy (encoders)."),
+    text_field: str = typer.Option("text", "--text-field", help="The text column of --data."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="--data window in tokens (default: the "
+                                                                        "model's context)."),
+    context: Optional[int] = typer.Option(None, "--context", help="--data: least left context of a token in a later "
+                                                                   "window (default: half the block)."),
+    split: Optional[str] = typer.Option(None, "--split", help="--data split (default: its eval split, else all)."),
+    limit_docs: Optional[int] = typer.Option(None, "--limit-docs", min=1, help="--data: only the first N documents."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval task names, comma-separated."),
+    include_path: Optional[Path] = typer.Option(None, "--include-path", help="A folder of lm-eval task YAML files."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="Few-shot examples per task."),
+    limit: Optional[float] = typer.Option(None, "--limit", min=0, help="Only the first N documents of each task."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Rows per forward pass."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the results as JSON here."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+):
+    """Evaluate a model: perplexity and bits per byte on any data, lm-evaluation-harness tasks, or both."""
+    from rafale.eval.run import evaluate, print_results, write_results
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    payload = evaluate(path, data=data, tasks=names, text_field=text_field, split=split, limit_docs=limit_docs,
+                       block_size=block_size, context=context, include_path=include_path, num_fewshot=num_fewshot,
+                       limit=int(limit) if limit and limit >= 1 else limit, batch_size=batch_size, device=device,
+                       console=err_console)
+    print_results(console, payload)
+    if output is not None:
+        console.print(f"wrote {write_results(output, payload)}", highlight=False, markup=False)
 
 
 @app.command()

@@ -121,6 +121,7 @@ def run_tasks(model, names: list[str], *, include_path=None, num_fewshot: Option
 
     if not isinstance(model, RafaleLM):
         model = adapter_for(model, names, batch_size=batch_size, device=device)
+    quiet_lm_eval()
     tasks = load_tasks(manager, names, num_fewshot)
     out = lm_eval.simple_evaluate(model=model, tasks=list(tasks.values()), task_manager=manager,
                                   num_fewshot=num_fewshot, limit=limit, log_samples=False,
@@ -131,6 +132,21 @@ def run_tasks(model, names: list[str], *, include_path=None, num_fewshot: Option
             "lm_eval_version": lm_eval.__version__, "num_fewshot": num_fewshot, "limit": limit,
             "task_config_hashes": {name: config_hash(cfg) for name, cfg in out.get("configs", {}).items()},
             "n_samples": out.get("n-samples"), "wall_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def quiet_lm_eval() -> None:
+    """lm-eval logs every task's setup and draws a tqdm bar per stage; rafale shows its own bar per scoring
+    pass and the results table instead. RAFALE_DEBUG=1 keeps lm-eval's log."""
+    import logging
+    import os
+
+    if os.environ.get("RAFALE_DEBUG", "0") not in ("", "0"):
+        return
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    import datasets
+
+    datasets.disable_progress_bars()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # read by tqdm whenever a bar is made
 
 
 def adapter_for(path, names: list[str], batch_size: int = 8, device: Optional[str] = None):
@@ -160,7 +176,8 @@ def metric_rows(results: dict) -> list[tuple[str, str, float, Optional[float]]]:
     rows = []
     for task, metrics in results.items():
         for key, value in metrics.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or "_stderr," in key:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or "_stderr," in key \
+                    or key == "sample_len":
                 continue
             metric, _, filt = key.partition(",")
             stderr = metrics.get(f"{metric}_stderr,{filt}")
