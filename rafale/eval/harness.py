@@ -77,10 +77,10 @@ def load_tasks(manager, names: list[str], num_fewshot: Optional[int] = None) -> 
     for name in names:
         where = _yaml_of(manager, name)
         try:
-            loaded = manager.load_task_or_group([name])
+            loaded = manager.load([name])["tasks"]
         except Exception as e:  # lm-eval and datasets raise many kinds for a bad task: all are the task's fault
             raise ConfigError(f"{where}: lm-eval rejected task {name!r}: {_first_line(e)}") from None
-        for task_name, task in _leaves(loaded):
+        for task_name, task in loaded.items():
             if num_fewshot:
                 check_fewshot(task_name, task, num_fewshot, _yaml_of(manager, task_name))
             tasks[task_name] = task
@@ -184,14 +184,6 @@ def metric_rows(results: dict) -> list[tuple[str, str, float, Optional[float]]]:
             rows.append((task, metric if filt in ("none", "") else f"{metric} ({filt})", float(value),
                          stderr if isinstance(stderr, (int, float)) else None))
     return rows
-
-
-def _leaves(loaded: dict):
-    for key, value in loaded.items():
-        if isinstance(value, dict):
-            yield from _leaves(value)
-        else:
-            yield (key if isinstance(key, str) else getattr(key, "task_name", str(key))), value
 
 
 def _yaml_of(manager, name: str) -> str:
