@@ -31,7 +31,10 @@ def read_texts(source, *, text_field: str = "text", split: Optional[str] = None,
     cfg = DataConfig(source=source, text_field=text_field, eval_split=0.0, train_split_name=split or "train",
                      max_documents=None, label_field=label_field or "label")
     fields = [text_field] + ([label_field] if label_field else [])
-    splits = load_splits(cfg, fields)
+    try:
+        splits = load_splits(cfg, fields)
+    except DataError as e:  # name the option the user gave, not the config key it stands for
+        raise DataError(str(e).replace("data.source", "--data").replace("data.text_field", "--text-field")) from None
     cols = splits["train"] if split or not splits["eval"][text_field] else splits["eval"]
     if limit_docs:
         cols = {k: v[:limit_docs] for k, v in cols.items()}
