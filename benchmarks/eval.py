@@ -13,12 +13,15 @@ each, rafale's speed-up (hf seconds / rafale seconds) and whether the metrics ag
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # before anything imports tqdm: lm-eval's bars would fill stderr
+
+import torch  # noqa: E402
 
 
 def write_tasks(folder: Path, n_mc: int, n_ppl: int) -> None:

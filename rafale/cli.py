@@ -125,6 +125,8 @@ def eval_(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ):
     """Evaluate a model: perplexity and bits per byte on any data, lm-evaluation-harness tasks, or both."""
+    if tasks and not _flag("RAFALE_DEBUG"):
+        os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's bars; tqdm reads this once, at its import
     from rafale.eval.run import evaluate, print_results, write_results
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None

@@ -135,8 +135,8 @@ def run_tasks(model, names: list[str], *, include_path=None, num_fewshot: Option
 
 
 def quiet_lm_eval() -> None:
-    """lm-eval logs every task's setup and draws a tqdm bar per stage; rafale shows its own bar per scoring
-    pass and the results table instead. RAFALE_DEBUG=1 keeps lm-eval's log."""
+    """lm-eval logs every task's setup; rafale shows its own bar per scoring pass and the results table
+    instead (the CLI also turns off lm-eval's tqdm bars). RAFALE_DEBUG=1 keeps lm-eval's log."""
     import logging
     import os
 
@@ -146,7 +146,6 @@ def quiet_lm_eval() -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    os.environ.setdefault("TQDM_DISABLE", "1")  # read by tqdm whenever a bar is made
 
 
 def adapter_for(path, names: list[str], batch_size: int = 8, device: Optional[str] = None):
