@@ -9,7 +9,7 @@ A Row is a token sequence whose last `n_scored` tokens are scored, each given ev
 - Rows are sorted by length before batching, so a batch pads little; the padding goes on the right,
   where causal attention never lets a real token see it, so no mask is built (SDPA's causal fast path).
 - Rows that share their unscored part (a multiple-choice question and its answers) share its
-  computation: the context runs once through the model into a KV cache, then every answer runs on
+  computation, when that saves more tokens than the rows add: the context runs once through the model into a KV cache, then every answer runs on
   top of it, attending to the cached keys. A four-choice question costs one context instead of four.
 - Only the scored positions go through the output head and the softmax: a 100-token context followed by
   a 3-token answer computes 3 rows of logits, not 103.
@@ -60,8 +60,11 @@ def score(model, rows: Sequence[Row], batch_size: int = 8,
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row.context, []).append(i)
-    alone = [members[0] for members in groups.values() if len(members) == 1]
-    shared = [(context, members) for context, members in groups.items() if len(members) > 1]
+    # Sharing a context pays when it saves more tokens than the rows add (a question and its short answers);
+    # rows that share only a prefix token (lm-eval's rolling windows) go through the plain path.
+    shares = {c: (len(m) - 1) * len(c) >= sum(rows[i].n_scored for i in m) for c, m in groups.items()}
+    alone = [i for c, members in groups.items() if not shares[c] for i in members]
+    shared = [(c, members) for c, members in groups.items() if shares[c]]
     out: list[Optional[Score]] = [None] * len(rows)
     with torch.inference_mode():
         _score_alone(model, rows, alone, batch_size, out, advance)
