@@ -23,7 +23,7 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-CONFIG_SECTIONS = ("run.", "optim.", "model.", "data.", "logging.")
+CONFIG_SECTIONS = ("run.", "optim.", "model.", "data.", "logging.", "eval.")
 
 
 def _flag(name: str) -> bool:
@@ -58,34 +58,6 @@ def run(
     raise typer.Exit(code)
 
 
-def _decoder_and_tokenizer(path: Path):
-    """(the decoder that `path` names, loaded once, and the TokenizerInfo beside it).
-
-    Raises:
-        ModelError: `path` is not a model (see checkpoint.locate) or holds an encoder, which cannot generate.
-        DataError: no tokenizer.json beside the model.
-    """
-    from rafale.data.tokenizer import tokenizer_beside
-    from rafale.errors import DataError, ModelError
-    from rafale.models import Decoder, from_pretrained
-    from rafale.models.checkpoint import locate
-    from rafale.models.weights import hf_model_type
-
-    model_dir = locate(path)  # a run dir's final/, or a hub id's downloaded copy
-    try:
-        tok = tokenizer_beside(model_dir)
-    except DataError:
-        if Path(path).expanduser().exists():
-            raise
-        raise DataError(f"{path}: the hub repository has no tokenizer.json (expected it in its download, "
-                        f"{model_dir}); only models with a tokenizers-library tokenizer.json can generate") from None
-    model = from_pretrained(model_dir)
-    if not isinstance(model, Decoder):
-        raise ModelError(f"{path} holds an encoder ({hf_model_type(model.config)}), which cannot generate text; "
-                         f"rafale generate needs a decoder (gpt_neox, llama or qwen2)")
-    return model, tok
-
-
 @app.command()
 def generate(
     path: Path = typer.Argument(..., help="A run directory, its final/, an HF-layout model directory or a hub id."),
@@ -107,6 +79,7 @@ def generate(
     import torch
 
     from rafale.errors import ConfigError
+    from rafale.loading import model_and_tokenizer
     from rafale.models.generate import Sampling
     from rafale.prompts import decoding_threads, generate_to_console, read_prompts
 
@@ -114,10 +87,45 @@ def generate(
         raise ConfigError("give either -p/--prompt (repeatable) or --prompts-file, not both and not neither")
     prompts = list(prompt) if prompt is not None else read_prompts(prompts_file)
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
-    model, tok = _decoder_and_tokenizer(path)
+    model, tok = model_and_tokenizer(path, decoder_for="rafale generate")
     torch.set_num_threads(threads or decoding_threads(model))
     generate_to_console(model, tok, prompts, max_new_tokens, console=console, err_console=err_console,
                         output=output, sampling=sampling, stop=stop or (), seed=seed, batch_size=batch_size)
+
+
+@app.command("eval")
+def eval_(
+    path: Path = typer.Argument(..., help="A run directory, its final/, an HF-layout model directory or a hub id."),
+    data: Optional[str] = typer.Option(None, "--data", help="Any data.source: loss, perplexity, bits per byte "
+                                                             "(decoders), accuracy (encoders)."),
+    text_field: str = typer.Option("text", "--text-field", help="The text column of --data."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="--data window in tokens (default: the "
+                                                                        "model's context)."),
+    context: Optional[int] = typer.Option(None, "--context", help="--data: least left context of a token in a later "
+                                                                   "window (default: half the block)."),
+    split: Optional[str] = typer.Option(None, "--split", help="--data split (default: its eval split, else all)."),
+    limit_docs: Optional[int] = typer.Option(None, "--limit-docs", min=1, help="--data: only the first N documents."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval task names, comma-separated."),
+    include_path: Optional[Path] = typer.Option(None, "--include-path", help="A folder of lm-eval task YAML files."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="Few-shot examples per task."),
+    limit: Optional[float] = typer.Option(None, "--limit", min=0, help="Only the first N documents of each task."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Rows per forward pass."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the results as JSON here."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+):
+    """Evaluate a model: perplexity and bits per byte on any data, lm-evaluation-harness tasks, or both."""
+    if tasks and not _flag("RAFALE_DEBUG"):
+        os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's bars; tqdm reads this once, at its import
+    from rafale.eval.run import evaluate, print_results, write_results
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    payload = evaluate(path, data=data, tasks=names, text_field=text_field, split=split, limit_docs=limit_docs,
+                       block_size=block_size, context=context, include_path=include_path, num_fewshot=num_fewshot,
+                       limit=int(limit) if limit and limit >= 1 else limit, batch_size=batch_size, device=device,
+                       console=err_console)
+    print_results(console, payload)
+    if output is not None:
+        console.print(f"wrote {write_results(output, payload)}", highlight=False, markup=False)
 
 
 @app.command()

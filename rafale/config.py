@@ -139,6 +139,19 @@ class LoggingConfig:
     project: Union[str, None] = None  # wandb project (default: wandb's own)
 
 
+# ---- eval: after training, the final model is evaluated as `rafale eval` would ------------------------
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=list)  # lm-eval task names, e.g. [stories_cloze, stories_ppl]
+    include_path: Union[str, None] = None  # a folder of lm-eval task YAML files
+    num_fewshot: Union[int, None] = None  # few-shot examples per task (null: each task's own)
+    limit: Union[int, None] = None  # only the first N documents of each task
+    data: Union[str, list[str], None] = None  # any data.source: loss, perplexity and bits per byte
+    text_field: str = "text"  # the text column of eval.data
+    context: Union[int, None] = None  # eval.data: least left context in a sliding window (null: half the block)
+    batch_size: int = 8  # rows per forward pass
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -146,6 +159,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     source_path: str = field(default="<defaults>", compare=False, repr=False)  # not a config key
 
     def to_dict(self) -> dict:
@@ -424,6 +438,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
              f"expected at least 260 (256 bytes plus special tokens), got {t.train.vocab_size}")
         need(t.train.min_frequency >= 1, "data.tokenizer.train.min_frequency",
              f"expected a positive integer, got {t.train.min_frequency}")
+    _validate_eval(cfg.eval, errors)
     for i, name in enumerate(cfg.logging.loggers):
         one_of(name, LOGGERS, f"logging.loggers[{i}]")
         package = LOGGER_PACKAGES.get(name)
@@ -433,6 +448,21 @@ def _validate(cfg: Config, errors: list[str]) -> None:
             need(importlib.util.find_spec(package) is not None, f"logging.loggers[{i}]",
                  f"{name} needs the {package} package, which is not installed; pip install {package}, "
                  f"or drop {name}")
+
+
+def _validate_eval(e: EvalConfig, errors: list[str]) -> None:
+    if any(not isinstance(t, str) or not t.strip() for t in e.tasks):
+        errors.append(f"eval.tasks: expected task names, got {e.tasks}")
+    if e.num_fewshot is not None and e.num_fewshot < 0:
+        errors.append(f"eval.num_fewshot: expected 0 or more, got {e.num_fewshot}")
+    for key in ("limit", "batch_size"):
+        value = getattr(e, key)
+        if value is not None and value < 1:
+            errors.append(f"eval.{key}: expected a positive integer, got {value}")
+    if e.context is not None and e.context < 0:
+        errors.append(f"eval.context: expected 0 or more, got {e.context}")
+    if e.data is not None and not (e.data if isinstance(e.data, list) else [e.data]):
+        errors.append("eval.data: expected a data source (as data.source takes), got an empty list")
 
 
 def _time(value: str) -> tuple[float, str] | None:

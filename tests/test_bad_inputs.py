@@ -115,6 +115,17 @@ CASES = [
     C("generate-zero-top-k", "generate {w}/tiny -p hi --top-k 0", "top-k"),
     C("generate-negative-max-tokens", "generate {w}/tiny -p hi -n -5", "-5"),
     C("generate-prompt-too-long", ["generate", "{w}/tiny", "-p", "fox " * 60], "48 positions"),
+    # ---- eval ---------------------------------------------------------------------------------------
+    C("eval-unknown-task", "eval {w}/tiny --tasks local_mcq --include-path {w}/tasks", "did you mean local_mc"),
+    C("eval-missing-include-path", "eval {w}/tiny --tasks local_mc --include-path nowhere_tasks", "nowhere_tasks"),
+    C("eval-rejected-yaml", "eval {w}/tiny --tasks broken_task --include-path {w}/badtasks", "broken_task.yaml"),
+    C("eval-no-tokenizer", "eval notok_model --data {w}/tasks/ppl.jsonl", "no tokenizer.json"),
+    C("eval-data-without-text", "eval {w}/tiny --data empty.txt", "empty.txt"),
+    C("eval-too-many-fewshot", "eval {w}/tiny --tasks local_mc --include-path {w}/tasks --num-fewshot 5",
+      "--num-fewshot 5: task 'local_mc' has only 3"),
+    C("eval-encoder-generation-task", "eval encoder_model --tasks local_gen --include-path {w}/tasks",
+      "holds an encoder (bert)"),
+    C("eval-nothing-to-do", "eval {w}/tiny", "give --data SOURCE"),
     # ---- the command line itself --------------------------------------------------------------------
     C("cli-no-such-command", "trian -c micro.yaml", "No such command 'trian'"),
     C("cli-run-without-config", "run", "Missing option '-c' / '--config'"),
@@ -185,6 +196,24 @@ def w(tmp_path_factory):
         (d / "manifest.json").write_text(json.dumps({"status": status}))
         (d / "checkpoints" / "ep0-ba4-rank0.pt").write_bytes(b"PK\x03\x04 cut short")
         os.symlink("ep0-ba4-rank0.pt", d / "checkpoints" / "latest-rank0.pt")
+    # eval: local lm-eval tasks, one YAML lm-eval rejects, a model without its tokenizer, an encoder
+    from tests.eval.eval_helpers import write_tasks
+
+    write_tasks(w / "tasks", n_mc=4, n_ppl=2)
+    (w / "badtasks").mkdir()
+    (w / "badtasks" / "broken_task.yaml").write_text("task: broken_task\ndataset_path: json\noutput_type: "
+                                                     "no_such_type\ntest_split: test\n")
+    (w / "notok_model").mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (w / "notok_model" / f).write_bytes((w / "tiny" / f).read_bytes())
+    from rafale.models import EncoderConfig, EncoderForMaskedLM
+
+    wp = train_tokenizer(SENTENCES, "wordpiece", vocab_size=200, min_frequency=1,
+                         special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    wp.save(str(w / "encoder_tok.json"))
+    export_model(EncoderForMaskedLM(EncoderConfig(vocab_size=wp.get_vocab_size(), n_layer=1, n_head=2, n_embd=32,
+                                                  intermediate_size=64, max_seq_len=32)), w / "encoder_model")
+    (w / "encoder_model" / "tokenizer.json").write_bytes((w / "encoder_tok.json").read_bytes())
     (w / "cache").mkdir()
     return w
 

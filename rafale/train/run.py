@@ -42,6 +42,10 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
     console = console or Console()
     say = console if rank0 else Console(quiet=True)
     plan = make_plan(cfg, debug=debug, force=force, log=say.print)
+    if has_eval(cfg) and not debug:
+        from rafale.eval.run import check_eval_config
+
+        check_eval_config(cfg.eval)  # unknown tasks or a missing eval.data fail now, not after training
     if debug:
         from rafale.train.debug import debug_run
 
@@ -69,6 +73,10 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         if not rank0:
             return 0
         summary = summarize(plan, trainer, stats, data, model, export_final(model, data, rd.path))
+        if has_eval(cfg):
+            from rafale.eval.run import evaluate_config
+
+            summary["eval"] = evaluate_config(rd.path / "final", cfg.eval, console)
         if "file" in cfg.logging.loggers:
             from rafale.train.plot import plot_runs
 
@@ -76,6 +84,10 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         write_manifest(rd.path, cfg, data, "finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), summary=summary)
     print_summary(console, summary)
     return 0
+
+
+def has_eval(cfg: Config) -> bool:
+    return bool(cfg.eval.tasks) or cfg.eval.data is not None
 
 
 def build_model(plan: Plan, data: PreparedData, say: Console):
@@ -240,6 +252,10 @@ def print_summary(console: Console, s: dict) -> None:
     if s.get("mfu") is not None:
         rows.append(("MFU", f"{s['mfu']:.1%}  ({s['achieved_tflops'] * 1e3:,.1f} of {s['peak_tflops'] * 1e3:,.1f} "
                             f"GFLOP/s, peak: {s['peak_source']})"))
+    if s.get("eval"):
+        from rafale.eval.run import summary_rows
+
+        rows += summary_rows(s["eval"])
     rows += [("saved", s["saved"]), ("loss curve", s.get("loss_plot")), ("sample", s["sample"])]
     t = Table(title="run summary", show_header=False, title_justify="left")
     t.add_column(style="bold")
