@@ -50,6 +50,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def eval_data(env: dict, run_dir: Path, source, out: Path, *args: str) -> dict:
+    p = subprocess.run([sys.executable, "-m", "rafale", "eval", str(run_dir), "--data", str(source), "-o", str(out),
+                        *args], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return {k: v for k, v in json.loads(out.read_text())["data"].items() if k not in ("tokens_per_second", "seconds")}
+
+
 # ---- classification: a BERT backbone checkpoint gets a fresh head and learns two separable classes -------
 def test_classification_from_a_bert_backbone_checkpoint(rafale_env, tmp_path):
     rng = random.Random(0)
@@ -72,6 +79,9 @@ def test_classification_from_a_bert_backbone_checkpoint(rafale_env, tmp_path):
     model = from_pretrained(run_dir / "final")
     assert type(model).__name__ == "EncoderForSequenceClassification" and model.config.num_labels == 2
     assert json.loads((run_dir / "final" / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
+    # rafale eval scores the trained classifier on labelled data: accuracy and macro-F1
+    scores = eval_data(rafale_env, run_dir, source, tmp_path / "eval.json")
+    assert scores["examples"] == len(rows) and scores["accuracy"] > 0.9 and scores["macro_f1"] > 0.9
 
 
 # ---- mlm: BERT from scratch on the embedded stories ----------------------------------------------------------
@@ -86,6 +96,13 @@ def test_mlm_from_scratch_lowers_the_loss(rafale_env, tmp_path):
     s = summary(run_dir)
     assert s["eval_loss"] is not None and s["eval_masked_accuracy"] > 0 and s["unigram_eval_loss"] is None
     assert type(from_pretrained(run_dir / "final")).__name__ == "EncoderForMaskedLM"
+    # rafale eval: masked-token accuracy and loss, on the same masked positions every time (fixed mask seed)
+    first = eval_data(rafale_env, run_dir, "synthetic:stories", tmp_path / "a.json", "--block-size", "32",
+                      "--limit-docs", "40")
+    again = eval_data(rafale_env, run_dir, "synthetic:stories", tmp_path / "b.json", "--block-size", "32",
+                      "--limit-docs", "40")
+    assert first == again and first["masked_tokens"] > 0 and 0 < first["masked_accuracy"] <= 1
+    assert first["masked_loss"] < 6.2  # better than uniform over the 512-token vocabulary
 
 
 # ---- sft: loss on the responses only; packed examples do not see each other ---------------------------------
