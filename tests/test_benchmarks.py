@@ -32,9 +32,12 @@ def test_train_benchmark_compares_three_ways():
 @pytest.mark.parametrize("script,args,keys", [
     ("datapipe.py", ["--mb", "0.3"], ["naive_tok_s", "encode_batch_tok_s", "rafale_tok_s", "rafale_peak_rss_mb"]),
     ("generate.py", ["--repeats", "1"], ["b1", "b8"]),
+    ("lora.py", ["--model", "pythia-tiny", "--seq", "32", "--batch", "2", "--steps", "1"], ["full", "lora", "lora_vs_full"]),
 ])
 def test_benchmark_prints_its_figures(script, args, keys):
     line = bench(script, *args)
     assert all(key in line for key in keys), line
+    if script == "lora.py":
+        assert line["lora_vs_full"]["optimizer_state"] < 0.02
     if script == "generate.py":
         assert line["b1"]["same_tokens"] and line["b8"]["same_tokens"]
