@@ -108,7 +108,9 @@ def test_sft_lora_run_trains_the_adapter_only_and_resumes(rafale_env, w, tmp_pat
     stop_at(run_dir, 8)
     out = in_process(rafale_env, monkeypatch, config(w, tmp_path))
     assert "resuming" in out and "ep0-ba8-rank0.pt" in out
-    assert train_losses(run_dir) == losses
+    resumed = train_losses(run_dir)  # this process may run other threads than the first: not bit for bit
+    assert sorted(resumed) == sorted(losses)
+    assert all(resumed[k] == pytest.approx(losses[k], rel=1e-5, abs=1e-6) for k in losses)
 
     # ...but not on a base whose weights changed since (the plan refuses before anything is written)
     stop_at(run_dir, 8)
