@@ -71,15 +71,28 @@ class OptimConfig:
     final_lr_fraction: float = 0.1  # the LR at the end of the run, as a fraction of lr
     clip_norm: float = 1.0  # gradient clipping threshold; 0 disables
     clip_type: str = "norm"  # norm: rescale the global gradient norm to clip_norm; value: clamp each element
+    layerwise_decay: float = 1.0  # each block's lr times decay^(blocks above it); embeddings the smallest; 1 = off
 
 
 # ---- model: which architecture, which weights --------------------------------------------------------
+@dataclass
+class LoraConfig:
+    rank: int = 8  # r: the rank of each adapter
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    dropout: float = 0.05  # on the adapter's input, during training
+    # attention (q/k/v or fused qkv, and the output projection), mlp, all, or linear module names of the blocks
+    targets: list[str] = field(default_factory=lambda: ["attention"])
+    modules_to_save: list[str] = field(default_factory=list)  # trained fully: head, or module names
+    merge: bool = True  # final/ holds the merged model beside final/adapter/; false: only the adapter
+
+
 @dataclass
 class ModelConfig:
     config: str = "pythia-14m"  # a registry name (`rafale models` lists them), or from_weights (needs weights)
     overrides: dict = field(default_factory=dict)  # any registry field, e.g. {n_layer: 4}
     weights: Union[str, None] = None  # start from a checkpoint: an HF-layout dir, a rafale run dir or a hub id
     hf: Union[str, None] = None  # instead of a rafale model: any transformers causal LM (dir or hub id)
+    lora: Union[LoraConfig, None] = None  # train low-rank adapters on the frozen weights instead of every weight
 
 
 # ---- data: source, tokenizer and how text becomes blocks ---------------------------------------------
@@ -279,6 +292,9 @@ def _convert(tp, value, dotted: str, errors: list[str]) -> tuple[bool, Any]:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return True, None
+        section = next((a for a in args if dataclasses.is_dataclass(a)), None)
+        if section is not None and isinstance(value, dict):  # an optional section: report its own key errors
+            return _convert(section, value, dotted, errors)
         for arg in args:
             if arg is type(None):
                 continue
@@ -404,6 +420,17 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         need(total[0] > 0, "run.max_duration", f"expected a positive duration, got {r.max_duration}")
 
     need(bool(m.config), "model.config", "expected a model name (see `rafale models`)")
+    need(0 < o.layerwise_decay <= 1, "optim.layerwise_decay", f"expected a number in (0, 1], got {o.layerwise_decay}")
+    if m.lora is not None:
+        need(m.lora.rank > 0, "model.lora.rank", f"expected a positive integer, got {m.lora.rank}")
+        need(m.lora.alpha > 0, "model.lora.alpha", f"expected a positive number, got {m.lora.alpha}")
+        need(0 <= m.lora.dropout < 1, "model.lora.dropout", f"expected a fraction in [0, 1), got {m.lora.dropout}")
+        need(bool(m.lora.targets), "model.lora.targets", "expected at least one of attention, mlp, all or a module name")
+        need(m.hf is None, "model.lora", f"not supported with model.hf {m.hf!r} (transformers' models train "
+             f"whole); use model.config: from_weights and model.weights: {m.hf} to train rafale's copy with LoRA")
+        need(m.hf is not None or m.weights is not None, "model.lora",
+             "LoRA on a model trained from scratch (no model.weights) freezes random weights, almost always a "
+             "mistake; set model.weights to the pretrained model, or drop model.lora")
     if m.hf is not None:
         need(bool(m.hf), "model.hf", "expected a model directory or a hub id (owner/name)")
         need(m.weights is None, "model.weights", f"{m.weights!r} with model.hf {m.hf!r}; model.hf loads its own "

@@ -43,6 +43,7 @@ def C(id, argv, needle, **kw):
 
 RUN = "run -c micro.yaml"
 TOK = f"{RUN} data.tokenizer.train=null data.tokenizer.path="
+LORA = RUN + " model.config=from_weights model.overrides={{}} model.weights={w}/tiny data.block_size=32"  # argv gets .format(w=)
 CASES = [
     # ---- config file --------------------------------------------------------------------------------
     C("config-missing", "run -c missing.yaml", "missing.yaml: no such file"),
@@ -93,6 +94,17 @@ CASES = [
     C("weights-pickle-only", f"{RUN} model.weights=pickle_model", "only pickle weights"),
     C("weights-truncated", f"{RUN} model.weights=truncated_model", "model.safetensors"),
     C("weights-bad-config-json", f"{RUN} model.weights=badjson_model", "config.json"),
+    # ---- LoRA ----------------------------------------------------------------------------------------
+    C("lora-targets-match-nothing", f"{LORA} model.lora.targets=[q_proj]",
+      "model.lora.targets: 'q_proj' matches no linear layer of Decoder 'tiny'; expected attention, mlp, all or "
+      "one of: blocks.{}.attn.qkv"),
+    C("lora-rank-zero", f"{LORA} model.lora.rank=0", "model.lora.rank: expected a positive integer, got 0"),
+    C("lora-alpha-negative", f"{LORA} model.lora.alpha=-1", "model.lora.alpha: expected a positive number, got -1"),
+    C("lora-with-model-hf", RUN + " model.hf={w}/tiny model.overrides={{}} model.lora.rank=4",
+      "model.lora: not supported with model.hf"),
+    C("lora-from-scratch", f"{RUN} model.lora.rank=4", "model.lora: LoRA on a model trained from scratch"),
+    C("lora-base-missing", RUN + " model.config=from_weights model.overrides={{}} model.weights=orphan_run "
+      "model.lora.rank=4", "the adapter's base model"),
     # ---- run directory ------------------------------------------------------------------------------
     C("run-force-with-missing-source", f"{RUN} run.name=finished data.source=nowhere.txt", "nowhere.txt",
       env={"FORCE": "1"}),  # the finished run is not deleted for a run that cannot start
@@ -186,6 +198,10 @@ def w(tmp_path_factory):
     (w / "truncated_model" / "model.safetensors").write_bytes(blob[: len(blob) // 3])
     (w / "badjson_model" / "model.safetensors").write_bytes(blob)
     (w / "badjson_model" / "config.json").write_text('{"model_type": "gpt_neox", ')
+    # a LoRA run saved without merging (model.lora.merge: false) whose base has since gone
+    (w / "orphan_run" / "final" / "adapter").mkdir(parents=True)
+    (w / "orphan_run" / "final" / "adapter" / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(w / "gone_base"), "r": 4}))
     # run directories in each state a run can be left in
     runs = w / "runs"
     for name, status in (("finished", "finished"), ("halfway", "interrupted"), ("corrupt", "interrupted")):

@@ -33,10 +33,13 @@ def test_train_benchmark_compares_three_ways():
     ("datapipe.py", ["--mb", "0.3"], ["naive_tok_s", "encode_batch_tok_s", "rafale_tok_s", "rafale_peak_rss_mb"]),
     ("generate.py", ["--repeats", "1"], ["b1", "b8"]),
     ("eval.py", ["--mc", "8", "--ppl", "2", "--repeats", "1"], ["bench_mc", "bench_ppl"]),
+    ("lora.py", ["--model", "pythia-tiny", "--seq", "32", "--batch", "2", "--steps", "1"], ["full", "lora", "lora_vs_full"]),
 ])
 def test_benchmark_prints_its_figures(script, args, keys):
     line = bench(script, *args)
     assert all(key in line for key in keys), line
+    if script == "lora.py":
+        assert line["lora_vs_full"]["optimizer_state"] < 0.02
     if script == "generate.py":
         assert line["b1"]["same_tokens"] and line["b8"]["same_tokens"]
     if script == "eval.py":

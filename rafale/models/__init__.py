@@ -25,6 +25,7 @@ from rafale.models.checkpoint import (LoadReport, check_readable_weights, checkp
 from rafale.models.decoder import Decoder, DecoderConfig, KVCache
 from rafale.models.encoder import Encoder, EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
 from rafale.models.encoder_weights import HEAD_CLASSES, head_from_checkpoint
+from rafale.models import lora
 from rafale.models.registry import get_config, list_models, with_overrides
 from rafale.models.weights import config_from_hf, export_model, load_weights
 
@@ -63,6 +64,18 @@ def check_same_shapes(config, checkpoint_config, where) -> None:
                          f"{', '.join(diffs)}); set model.config: {FROM_WEIGHTS} to take the checkpoint's shapes")
 
 
+def model_dir(weights_path) -> Path:
+    """The located dir whose weights a model starts from: for a LoRA run saved with model.lora.merge: false
+    (an adapter and no model of its own), its base's.
+
+    Raises:
+        ModelError: see checkpoint.locate; an adapter whose base model is missing.
+    """
+    path = locate(weights_path)
+    adapter = lora.adapter_dir(path)
+    return path if adapter is None else model_dir(lora.adapter_base(adapter))
+
+
 def resolve_model_config(name: str, weights_path=None, **overrides) -> DecoderConfig | EncoderConfig:
     """The model config a run trains: a registry entry, or the checkpoint's own shapes.
 
@@ -78,13 +91,13 @@ def resolve_model_config(name: str, weights_path=None, **overrides) -> DecoderCo
     if name != FROM_WEIGHTS:
         config = get_config(name, **overrides)
         if weights_path is not None:
-            path = locate(weights_path)
+            path = model_dir(weights_path)
             check_readable_weights(path)
             check_same_shapes(config, config_from_weights(path), path)
         return config
     if weights_path is None:
         raise ModelError(f"model.config: {FROM_WEIGHTS} needs model.weights (a model dir, a run dir or a hub id)")
-    path = locate(weights_path)
+    path = model_dir(weights_path)
     check_readable_weights(path)
     config = config_from_weights(path)
     return with_overrides(type(config), {f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
@@ -134,6 +147,14 @@ def load_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[in
             missing, unexpected and wrong-shape tensors).
     """
     path = locate(weights_path)
+    adapter = lora.adapter_dir(path)
+    if adapter is not None:  # a LoRA run saved with model.lora.merge: false: its base, the adapter merged in
+        if head == "auto" and lora.adapter_task(adapter) == "SEQ_CLS":
+            head, num_labels = "classification", num_labels or lora.adapter_num_labels(adapter)
+        model, report = load_pretrained(lora.adapter_base(adapter), head=head, num_labels=num_labels,
+                                        config=config, device=device, dtype=dtype)
+        lora.merge_lora(lora.load_adapter(model, adapter)).requires_grad_(True)
+        return model.eval(), report
     checkpoint_config = config_from_weights(path)
     if config is not None:
         check_same_shapes(config, checkpoint_config, path)

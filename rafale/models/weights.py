@@ -390,12 +390,14 @@ def hf_to_rafale(hf_sd: dict, model: nn.Module, where) -> tuple[dict, list[str],
     return from_map_names({k: t for k, t in state.items() if k in expected}, model), initialized, ignored
 
 
-def rafale_to_hf(model: nn.Module) -> dict:
+def rafale_to_hf(model: nn.Module, tensors: Optional[dict] = None) -> dict:
     """Inverse of hf_to_rafale: `model`'s weights under the names and in the layout its transformers class
-    saves (a tied weight once; the models keep no persistent buffers)."""
+    saves (a tied weight once; the models keep no persistent buffers). `tensors`: only these, under
+    `model`'s parameter names (a LoRA adapter's rows in a weight's layout, lora.py), instead of all."""
     model_type = hf_model_type(model.config)
     inverse = inverted(NAME_MAPS[model_type])
-    tensors = {map_key(k, inverse): t for k, t in to_map_names(dict(model.named_parameters()), model).items()}
+    tensors = dict(model.named_parameters()) if tensors is None else dict(tensors)
+    tensors = {map_key(k, inverse): t for k, t in to_map_names(tensors, model).items()}
     if isinstance(model, Encoder):  # BertModel's own names have no 'bert.' prefix
         tensors = {k.removeprefix(f"{model_type}."): t for k, t in tensors.items()}
     return tensors

@@ -4,6 +4,10 @@
     harden_composer()           checkpoints are written to a temporary file and renamed (never half-written
                                 under a final name) and read with torch.load(weights_only=True)
     unreadable(path, run, e)    the one error for a checkpoint a run cannot resume from
+
+A LoRA run's checkpoints hold only what trains (the adapters, the modules trained fully, and their
+optimizer state: keep_trainable_only) and the fingerprint of the base the frozen weights come from
+(LoraBase); a resume rebuilds the frozen part from the base, after check_same_base found it unchanged.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+
+from composer.core import Callback
 
 from rafale.errors import RunStateError
 from rafale.files import atomic_path
@@ -101,3 +107,51 @@ def harden_composer() -> None:
     atomic_write.rafale_hardened = True
     ck._write_checkpoint_file = atomic_write
     ck._torch_load_with_validation = weights_only_load
+
+
+# ---- LoRA runs: the adapter in the checkpoint, the base by its fingerprint ------------------------------------
+def keep_trainable_only(model) -> None:
+    """`model.state_dict()` (what Composer checkpoints) leaves out frozen parameters; Composer loads a
+    checkpoint non-strictly, so on resume they keep what the base gave them."""
+
+    def drop_frozen(module, state_dict, prefix, local_metadata):
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                state_dict.pop(prefix + name, None)
+
+    model.register_state_dict_post_hook(drop_frozen)
+
+
+class LoraBase(Callback):
+    """A Composer callback whose only state is the base's fingerprint, so that each checkpoint records it."""
+
+    def __init__(self, fingerprint: str):
+        self.fingerprint = fingerprint
+
+    def state_dict(self) -> dict:
+        return {"fingerprint": self.fingerprint}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass  # compared before the run starts, by check_same_base
+
+
+def check_same_base(path: Path, run_dir: Path, weights: str, fingerprint: str) -> None:
+    """A LoRA checkpoint resumes only on the base it was trained on.
+
+    Raises:
+        RunStateError: the base's weight files changed since the checkpoint, or the checkpoint holds no
+            fingerprint, or cannot be read.
+    """
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)["state"]
+    except Exception as e:  # noqa: BLE001 - every failure to read is the same error for the user
+        raise unreadable(path, run_dir, e) from None
+    recorded = state.get("callbacks", {}).get("LoraBase", {}).get("fingerprint")
+    if recorded != fingerprint:
+        was = f"sha256 {recorded[:12]}..." if recorded else "no fingerprint"
+        raise RunStateError(f"{path}: cannot resume {run_dir}: model.weights {weights} is not the base this LoRA "
+                            f"checkpoint was trained on (its weights now hash to {fingerprint[:12]}..., the "
+                            f"checkpoint recorded {was}); restore that base, or FORCE=1 to start over")

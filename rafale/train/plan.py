@@ -15,6 +15,8 @@ What a run will do, in the order it is resolved (each fact once, each check as s
     data       the source's fingerprint and the tokenizer (loaded, or trained once and cached): a model
                trained from scratch takes the tokenizer's vocabulary, padded to a multiple of 64
     flops      FLOPs per token and the hardware's peak, for MFU (decoders)
+    lora       model.lora: the modules that get adapters, the base's location and fingerprint; a resumed
+               LoRA run must find the base its checkpoint was trained on
 
 Errors name the config key or the path; the CLI adds the config file's name.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from composer.utils import dist
@@ -35,11 +38,23 @@ from rafale.data.tokenizer import TokenizerInfo, get_tokenizer, load_tokenizer
 from rafale.errors import ConfigError, ModelError
 from rafale.models import DecoderConfig, EncoderConfig, model_from_config, resolve_model_config
 from rafale.train import mfu, preflight
-from rafale.train.checkpoints import check_readable
+from rafale.train.checkpoints import check_readable, check_same_base
 from rafale.train.rundir import RunDirState, inspect_run_dir
 
 VOCAB_MULTIPLE = 64  # a from-scratch model's vocabulary is padded to this, for faster matmuls
 PIPELINE_HEADS = {"causal_lm": "lm", "sft": "lm", "classification": "classification", "mlm": "mlm"}
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]  # the linear modules that get an adapter (rafale names)
+    modules_to_save: tuple[str, ...]  # trained fully; a head the checkpoint lacks is added when it is built
+    merge: bool
+    base: str  # base_model_name_or_path of the saved adapter: the base's absolute path, or its hub id
+    base_fingerprint: str  # sha256 of the base's weight files; a resume must find the same
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,7 @@ class Plan:
     peak_flops: float | None  # all processes together
     peak_source: str
     debug: bool
+    lora: LoraPlan | None = None
 
     @property
     def model_name(self) -> str:
@@ -87,6 +103,9 @@ def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=prin
     run_dir = None if debug else inspect_run_dir(cfg, force)
     if run_dir is not None and run_dir.resume_from is not None:
         check_readable(run_dir.resume_from, run_dir.path)
+    lora = lora_plan(cfg, mc, head)
+    if lora is not None and run_dir is not None and run_dir.resume_from is not None:
+        check_same_base(run_dir.resume_from, run_dir.path, cfg.model.weights, lora.base_fingerprint)
     fingerprint = sources.fingerprint(cfg.data)  # a missing source fails here, before FORCE=1 removes a run
     tokenizer = load_tokenizer(cfg.data.tokenizer.path) if cfg.data.tokenizer.path else None
     if run_dir is not None:  # the estimate takes the largest vocabulary the tokenizer can have
@@ -105,7 +124,7 @@ def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=prin
         peak, source = mfu.peak_flops(device, precision)
         peak = peak * dist.get_world_size() if peak else None
     return Plan(cfg, mc, head, device, precision, parallelism, train_batch, eval_batch, microbatch, run_dir,
-                fingerprint, tokenizer, fpt, peak, source, debug)
+                fingerprint, tokenizer, fpt, peak, source, debug, lora)
 
 
 # ---- the model -------------------------------------------------------------------------------------------
@@ -126,6 +145,25 @@ def model_config(cfg: Config) -> DecoderConfig | EncoderConfig | None:
                           f"expected one of {', '.join(allowed)}, or a model that fits the pipeline")
     check_fits(cfg, mc.vocab_size, mc.max_seq_len)
     return mc
+
+
+def lora_plan(cfg: Config, mc, head: str) -> LoraPlan | None:
+    """model.lora resolved against the model's modules (built on the meta device): every target and module
+    to save must exist. The config checks already refused lora with model.hf or without model.weights."""
+    spec = cfg.model.lora
+    if spec is None:
+        return None
+    from rafale.models import lora
+    from rafale.models.checkpoint import locate
+
+    with torch.device("meta"):
+        model = model_from_config(mc, head="mlm" if head == "lm" else head)
+    targets = lora.resolve_targets(model, spec.targets)
+    keep = lora.resolve_modules_to_save(model, spec.modules_to_save)
+    path = locate(cfg.model.weights)
+    local = Path(cfg.model.weights).expanduser().exists()
+    return LoraPlan(spec.rank, spec.alpha, spec.dropout, tuple(targets), tuple(keep), spec.merge,
+                    str(path.resolve()) if local else str(cfg.model.weights), lora.fingerprint(path))
 
 
 def with_vocab(cfg: Config, mc, vocab_size: int):

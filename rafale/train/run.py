@@ -31,7 +31,7 @@ from rafale.train import guards, preflight
 from rafale.train.checkpoints import harden_composer, latest_checkpoint, unreadable
 from rafale.train.plan import Plan, make_plan
 from rafale.train.rundir import clear_run_dir, run_lock, write_manifest
-from rafale.train.trainer import dataloaders, num_params, trainer_kwargs
+from rafale.train.trainer import dataloaders, group_lrs, num_params, trainer_kwargs
 
 
 def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Console | None = None) -> int:
@@ -72,7 +72,7 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
             trainer.close()
         if not rank0:
             return 0
-        summary = summarize(plan, trainer, stats, data, model, export_final(model, data, rd.path))
+        summary = summarize(plan, trainer, stats, data, model, export_final(model, data, rd.path, plan.lora))
         if has_eval(cfg):
             from rafale.eval.run import evaluate_config
 
@@ -110,6 +110,13 @@ def build_model(plan: Plan, data: PreparedData, say: Console):
     if report is not None and report.initialized:
         say.print(f"[yellow]model.weights {cfg.model.weights} has no {report.head} head[/]; initialised fresh: "
                   f"{', '.join(report.initialized)}")
+    if plan.lora is not None:
+        from rafale.models.lora import apply_lora
+
+        fresh = [name.rpartition(".")[0] for name in (report.initialized if report else [])]  # trained fully
+        lo = plan.lora
+        apply_lora(model, rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout, targets=lo.targets,
+                   modules_to_save=list(dict.fromkeys([*lo.modules_to_save, *fresh])))
     return model
 
 
@@ -131,7 +138,22 @@ def start_run_dir(plan: Plan, data: PreparedData, model, say: Console) -> None:
     if rd.resume_from:
         say.print(f"resuming {rd.path} from checkpoint {rd.resume_from.name}: {rd.why}")
     else:
-        say.print(f"training {plan.model_name} ({num_params(model):,} parameters) -> {rd.path}")
+        say.print(f"training {plan.model_name} ({params_line(plan, model)}) -> {rd.path}")
+    lrs = group_lrs(plan.cfg, model)
+    if lrs:
+        say.print(f"optim.layerwise_decay {plan.cfg.optim.layerwise_decay}: peak lr "
+                  + ", ".join(f"{name} {lr:.3g}" for name, lr in lrs.items()))
+
+
+def params_line(plan: Plan, model) -> str:
+    """'1,234 parameters', or with LoRA the trainable share: '12,288 of 1,234,567 parameters trainable (1.00%)'."""
+    if plan.lora is None:
+        return f"{num_params(model):,} parameters"
+    from rafale.models.lora import trainable_counts
+
+    trainable, total = trainable_counts(model)
+    return (f"LoRA rank {plan.lora.rank} on {len(plan.lora.targets)} modules: {trainable:,} of {total:,} "
+            f"parameters trainable ({trainable / total:.2%})")
 
 
 def build_trainer(plan: Plan, model, data: PreparedData, callbacks: list):
@@ -178,23 +200,33 @@ def fit(plan: Plan, trainer, data: PreparedData, say: Console) -> None:
                             f"run the same command to resume") from e
 
 
-def export_final(model, data: PreparedData, run_dir: Path) -> Path:
-    """final/: the weights in HF layout (rafale's export, or save_pretrained for model.hf) + the tokenizer."""
+def export_final(model, data: PreparedData, run_dir: Path, lora=None) -> Path:
+    """final/: the weights in HF layout (rafale's export, or save_pretrained for model.hf) + the tokenizer.
+
+    With LoRA (`lora`, the plan's), final/adapter/ holds the adapter in PEFT's layout, and the model is
+    merged in place (W + (alpha/rank) B A) and exported beside it, unless model.lora.merge is false.
+    """
     from composer.models import HuggingFaceModel
 
     from rafale.models import Decoder, export_model
 
     final, tmp = run_dir / "final", run_dir / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    if lora is not None:
+        from rafale.models.lora import merge_lora, save_adapter
+
+        save_adapter(model, tmp / "adapter", base=lora.base)
+        merge_lora(model)  # the sample at the end decodes with the merged model either way
     if isinstance(model, HuggingFaceModel):
         model.model.save_pretrained(tmp, safe_serialization=True)
-    else:
+    elif lora is None or lora.merge:
         export_model(model, tmp)
     shutil.copyfile(data.path / "tokenizer.json", tmp / "tokenizer.json")
     if isinstance(model, (Decoder, HuggingFaceModel)):
         write_json(tmp / "generation_config.json", {"eos_token_id": data.tokenizer.eos_id,
                                                     "pad_token_id": data.tokenizer.pad_id})
-    if "labels" in data.meta:  # classification: output index -> label name, as transformers reads it
+    if "labels" in data.meta and (tmp / "config.json").exists():  # classification: index -> label name
         hf_config = json.loads((tmp / "config.json").read_text())
         hf_config["id2label"] = dict(enumerate(data.meta["labels"]))
         hf_config["label2id"] = {name: i for i, name in enumerate(data.meta["labels"])}
@@ -235,7 +267,14 @@ def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model
             "eval_loss": stats.eval_loss, "eval_perplexity": stats.eval_ppl,
             **{f"eval_{k}": v for k, v in stats.eval_extra.items()},
             "unigram_eval_loss": unigram_eval_loss(data), "tokens_per_second": round(tps, 1),
-            "train_seconds": round(stats.train_seconds, 2), **mfu, "saved": str(final), "sample": sample}
+            "train_seconds": round(stats.train_seconds, 2), **mfu, "saved": str(final), "sample": sample,
+            **({"group_lrs": lrs} if (lrs := peak_lrs(trainer)) else {})}
+
+
+def peak_lrs(trainer) -> dict[str, float]:
+    """optim.layerwise_decay: {group name: its peak lr}, as the optimizer had them."""
+    groups = trainer.state.optimizers[0].param_groups
+    return {g["name"]: g.get("initial_lr", g["lr"]) for g in groups if "name" in g}
 
 
 def print_summary(console: Console, s: dict) -> None:
@@ -256,6 +295,8 @@ def print_summary(console: Console, s: dict) -> None:
         from rafale.eval.run import summary_rows
 
         rows += summary_rows(s["eval"])
+    if s.get("group_lrs"):
+        rows.append(("peak lr by depth", ", ".join(f"{name} {lr:.3g}" for name, lr in s["group_lrs"].items())))
     rows += [("saved", s["saved"]), ("loss curve", s.get("loss_plot")), ("sample", s["sample"])]
     t = Table(title="run summary", show_header=False, title_justify="left")
     t.add_column(style="bold")

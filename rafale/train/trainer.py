@@ -9,6 +9,7 @@ Which model trains on which pipeline, and through which Composer wrapper:
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
@@ -26,6 +27,8 @@ from rafale.config import Config
 warnings.filterwarnings("ignore", message="Cannot split tensor of length")
 # A warmup fraction of a very short run rounds to 0 batches; Composer then warns once per step.
 warnings.filterwarnings("ignore", message="The warmup duration is 0")
+
+LAYER = re.compile(r"(?:^|\.)(?:blocks|layers|layer)\.(\d+)\.")  # a block's parameters (rafale's and HF's names)
 
 
 def num_params(model: torch.nn.Module) -> int:
@@ -50,19 +53,56 @@ def composer_model(model: torch.nn.Module) -> ComposerModel:
     raise TypeError(f"no Composer wrapper for {type(model).__name__}")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on norms, biases or embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 and "emb" not in name and "wte" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def depth(name: str, n_layer: int) -> int:
+    """Where a parameter sits, bottom to top: 0 the embeddings, i + 1 block i, n_layer + 1 the rest (the final
+    norm and the heads)."""
+    m = LAYER.search(name)
+    if m:
+        return int(m.group(1)) + 1
+    return 0 if "emb" in name or "wte" in name else n_layer + 1
+
+
+def depth_name(d: int, n_layer: int) -> str:
+    return "embeddings" if d == 0 else "head" if d > n_layer else f"block {d - 1}"
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float = 1.0, layerwise_decay: float = 1.0) -> list[dict]:
+    """The trainable parameters (frozen ones never reach the optimizer, nor its state), in groups.
+
+    Weight decay on matrices only: not on norms, biases or embeddings. With layerwise_decay < 1, one pair of
+    groups per depth: the head and the top block train at `lr`, each block below at decay times the one
+    above, the embeddings at lr * decay^n_layer (each group's "name" says which). Schedules scale every
+    group's lr by the same factor, so the ratios hold throughout.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    n_layer = 1 + max((int(m.group(1)) for n, _ in named if (m := LAYER.search(n))), default=-1)
+    groups: dict[tuple, dict] = {}
+    for name, p in named:
+        decays = p.ndim >= 2 and "emb" not in name and "wte" not in name
+        d = depth(name, n_layer) if layerwise_decay != 1 else n_layer + 1
+        key = (d, decays)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": weight_decay if decays else 0.0}
+            if layerwise_decay != 1:
+                groups[key] |= {"lr": lr * layerwise_decay ** max(0, n_layer - d), "name": depth_name(d, n_layer)}
+        groups[key]["params"].append(p)
+    if layerwise_decay == 1:  # the two groups, even when one is empty
+        return [groups.get((n_layer + 1, True), {"params": [], "weight_decay": weight_decay}),
+                groups.get((n_layer + 1, False), {"params": [], "weight_decay": 0.0})]
+    return [groups[k] for k in sorted(groups)]
+
+
+def group_lrs(cfg: Config, model: torch.nn.Module) -> dict[str, float]:
+    """{group name: peak lr} under optim.layerwise_decay, bottom to top (empty when it is off)."""
+    if cfg.optim.layerwise_decay == 1:
+        return {}
+    groups = param_groups(model, 0.0, cfg.optim.lr, cfg.optim.layerwise_decay)
+    return {g["name"]: g["lr"] for g in groups}
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module, weight_decay: float | None = None) -> torch.optim.Optimizer:
     o = cfg.optim
-    groups = param_groups(model, o.weight_decay if weight_decay is None else weight_decay)
+    groups = param_groups(model, o.weight_decay if weight_decay is None else weight_decay, o.lr, o.layerwise_decay)
     if o.name == "adamw":
         # the fused kernel (CPU and CUDA) runs one pass over all parameters instead of one per tensor
         return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=True)
@@ -158,6 +198,11 @@ def trainer_kwargs(plan, model: torch.nn.Module, train_dl, eval_dl, *, callbacks
     """Everything the plan says, as Composer Trainer arguments (a dict: DEBUG=1 changes a few of them)."""
     cfg = plan.cfg
     wrapped = composer_model(model)
+    if plan.lora is not None:  # checkpoints: the adapter, its optimizer state and the base's fingerprint
+        from rafale.train.checkpoints import LoraBase, keep_trainable_only
+
+        keep_trainable_only(wrapped)
+        callbacks = [*callbacks, LoraBase(plan.lora.base_fingerprint)]
     eval_every = cfg.run.eval_interval
     if Time.from_timestring(eval_every).value == 0:  # 0ba, 0ep, ...: evaluate once, at the end of the run
         eval_every = cfg.run.max_duration
