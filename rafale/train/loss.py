@@ -20,15 +20,16 @@ CHUNK_ELEMENTS = 1 << 23  # logits elements per chunk (32 MB in fp32): keeps a c
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, rows_per_chunk: int, with_grad: bool):
-        # hidden (N, C), weight (V, C), targets (N,); returns the mean loss over non-ignored targets
+    def forward(ctx, hidden, weight, targets, rows_per_chunk: int, need_h: bool, need_w: bool):
+        # hidden (N, C), weight (V, C), targets (N,); returns the mean loss over non-ignored targets.
+        # need_h / need_w: which gradients to make (a frozen head, as under LoRA, needs none for its weight)
         valid = targets != IGNORE_INDEX
         n_valid = valid.sum().clamp(min=1)
         safe_targets = targets.clamp(min=0)
         acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 when given fp64
         loss = torch.zeros((), dtype=acc, device=hidden.device)
-        grad_h = torch.empty_like(hidden) if with_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if with_grad else None
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         for start in range(0, hidden.shape[0], rows_per_chunk):
             h = hidden[start : start + rows_per_chunk]
             t = safe_targets[start : start + rows_per_chunk]
@@ -40,21 +41,23 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             sums = exps.sum(dim=-1)
             lse = row_max.squeeze(1) + sums.log()
             loss += ((lse - target_logit) * v).sum()
-            if with_grad:
+            if need_h or need_w:
                 scale = v.to(acc) / n_valid  # d(mean loss)/d(row loss): 0 for ignored rows
                 probs = exps.mul_((scale / sums)[:, None])  # softmax, scaled
                 probs.scatter_add_(1, t[:, None], -scale[:, None])  # minus one-hot: d(mean loss)/d(logits)
                 g = probs.to(h.dtype)
-                grad_h[start : start + rows_per_chunk] = g @ weight
-                grad_w.addmm_(g.t().to(acc), h.to(acc))  # no copies when already in acc
-        if with_grad:
-            ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+                if need_h:
+                    grad_h[start : start + rows_per_chunk] = g @ weight
+                if need_w:
+                    grad_w.addmm_(g.t().to(acc), h.to(acc))  # no copies when already in acc
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if need_w else None)
         return loss / n_valid
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None, None, None
+        scaled = [None if g is None else g * grad_loss for g in (grad_h, grad_w)]
+        return *scaled, None, None, None, None
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -74,8 +77,9 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     with torch.autocast(device_type, enabled=False):
         h = hidden.reshape(-1, hidden.shape[-1])
         rows = max(64, CHUNK_ELEMENTS // weight.shape[0])
-        with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-        return _ChunkedLinearCrossEntropy.apply(h, w, targets.reshape(-1), rows, with_grad)
+        grad = torch.is_grad_enabled()
+        return _ChunkedLinearCrossEntropy.apply(h, w, targets.reshape(-1), rows, grad and h.requires_grad,
+                                                grad and w.requires_grad)
 
 
 def shift_targets(input_ids: torch.Tensor) -> torch.Tensor:
