@@ -96,10 +96,15 @@ class RafaleLM(TemplateLM):
         return self.tok.tokenizer.decode(tokens)
 
     # ---- scoring --------------------------------------------------------------------------------------
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        # TemplateLM tokenizes first, behind a tqdm bar of its own: off; rafale's bar covers the scoring
+        self._quiet = disable_tqdm
+        return super().loglikelihood(requests, disable_tqdm=True)
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_) -> list[tuple[float, bool]]:
         """requests: ((context, continuation), context tokens, continuation tokens), as TemplateLM makes them."""
         rows = [Row((ctx + cont)[-(self.max_length + 1):], len(cont)) for _, ctx, cont in requests]
-        scores = self._score(rows, "loglikelihood", disable_tqdm)
+        scores = self._score(rows, "loglikelihood", getattr(self, "_quiet", disable_tqdm))
         answers = [(s.logprob, s.greedy) for s in scores]
         for (strings, _, _), answer in zip(requests, answers):
             if strings is not None:
