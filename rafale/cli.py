@@ -67,7 +67,7 @@ def _decoder_and_tokenizer(path: Path):
     """
     from rafale.data.tokenizer import tokenizer_beside
     from rafale.errors import DataError, ModelError
-    from rafale.models import Decoder, from_pretrained
+    from rafale.models import CAUSAL_LMS, from_pretrained
     from rafale.models.checkpoint import locate
     from rafale.models.weights import hf_model_type
 
@@ -80,9 +80,9 @@ def _decoder_and_tokenizer(path: Path):
         raise DataError(f"{path}: the hub repository has no tokenizer.json (expected it in its download, "
                         f"{model_dir}); only models with a tokenizers-library tokenizer.json can generate") from None
     model = from_pretrained(model_dir)
-    if not isinstance(model, Decoder):
+    if not isinstance(model, CAUSAL_LMS):
         raise ModelError(f"{path} holds an encoder ({hf_model_type(model.config)}), which cannot generate text; "
-                         f"rafale generate needs a decoder (gpt_neox, llama or qwen2)")
+                         f"rafale generate needs a decoder (gpt_neox, llama, qwen2 or rafale_retnet)")
     return model, tok
 
 
