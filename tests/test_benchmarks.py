@@ -31,10 +31,11 @@ def test_train_benchmark_compares_three_ways():
 
 @pytest.mark.parametrize("script,args,keys", [
     ("datapipe.py", ["--mb", "0.3"], ["naive_tok_s", "encode_batch_tok_s", "rafale_tok_s", "rafale_peak_rss_mb"]),
-    ("generate.py", ["--repeats", "1"], ["b1", "b8"]),
+    ("generate.py", ["--repeats", "1", "--long", "64"], ["b1", "b8", "long"]),
 ])
 def test_benchmark_prints_its_figures(script, args, keys):
     line = bench(script, *args)
     assert all(key in line for key in keys), line
     if script == "generate.py":
         assert line["b1"]["same_tokens"] and line["b8"]["same_tokens"]
+        assert set(line["long"]) == {"steps", "transformer", "retnet"}
