@@ -42,7 +42,7 @@ CAUSAL_LM_CONFIGS = (DecoderConfig, RetNetConfig)
 
 FROM_WEIGHTS = "from_weights"  # model.config value: take the shapes from the checkpoint's config.json
 # Fields that do not change any tensor's shape: a checkpoint loads into a config that differs only in these.
-NON_SHAPE_FIELDS = {"name", "dropout", "attn_dropout", "init_std", "num_labels"}
+NON_SHAPE_FIELDS = {"name", "dropout", "attn_dropout", "init_std", "num_labels", "chunk_size"}
 
 
 def config_from_weights(path) -> DecoderConfig | EncoderConfig:
