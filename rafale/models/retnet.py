@@ -189,16 +189,22 @@ def chunkwise_retention(q, k, v, log_gamma, state, chunk_size: int, keep: Option
     return torch.cat(outputs, dim=2), (S, z, c)
 
 
+def empty_state(batch_size, n_head, head_dim, value_head_dim, device=None, dtype=None) -> tuple:
+    """(S, z, c) of one layer before any token: zeros."""
+    def zeros(*shape):
+        return torch.zeros(batch_size, n_head, *shape, device=device, dtype=dtype)
+
+    return zeros(head_dim, value_head_dim), zeros(1, head_dim), zeros(1, 1)
+
+
 class RetentionState:
     """The recurrent state of every layer: `layers[i]` is layer i's (S, z, c), see above; `pos` counts the
     positions consumed. Its size does not depend on how many: nothing grows while decoding. Make one with
     RetNet.make_kv_cache; RetNet.hidden_states(..., kv_cache=state) reads it and replaces it."""
 
     def __init__(self, n_layer, batch_size, n_head, head_dim, value_head_dim, device=None, dtype=None):
-        def zeros(*shape):
-            return torch.zeros(batch_size, n_head, *shape, device=device, dtype=dtype)
-
-        self.layers = [(zeros(head_dim, value_head_dim), zeros(1, head_dim), zeros(1, 1)) for _ in range(n_layer)]
+        self.layers = [empty_state(batch_size, n_head, head_dim, value_head_dim, device, dtype)
+                       for _ in range(n_layer)]
         self.pos = 0
 
     @property
@@ -226,19 +232,17 @@ class MultiScaleRetention(nn.Module):
         qk = rotate(qk.view(B, T, 2 * nh, dk), *rope).transpose(1, 2)  # (B, 2nh, T, dk)
         q, k = qk[:, :nh] * dk**-0.5, qk[:, nh:]  # (B, nh, T, dk)
         v = v.view(B, T, nh, Cv // nh).transpose(1, 2)  # (B, nh, T, dv)
-        if state is None and D is not None:
+        if D is not None:  # no state, a short sequence or packed rows: hidden_states made the decay mask
             o = parallel_retention(q, k, v, D)
-        else:
-            layer_state = None if state is None else state.layers[self.layer_idx]
-            if layer_state is None:  # a long sequence in training: chunkwise from an empty state
-                layer_state = tuple(q.new_zeros(B, nh, *shape) for shape in ((dk, Cv // nh), (1, dk), (1, 1)))
+        else:  # a state to continue, or a sequence longer than chunk_size (from an empty state)
+            past = state.layers[self.layer_idx] if state is not None else \
+                empty_state(B, nh, dk, Cv // nh, x.device, q.dtype)
             if T == 1:
-                o, layer_state = recurrent_retention(q, k, v, log_gamma, layer_state,
-                                                     None if keep is None else keep[:, 0])
+                o, past = recurrent_retention(q, k, v, log_gamma, past, None if keep is None else keep[:, 0])
             else:
-                o, layer_state = chunkwise_retention(q, k, v, log_gamma, layer_state, self.chunk_size, keep)
+                o, past = chunkwise_retention(q, k, v, log_gamma, past, self.chunk_size, keep)
             if state is not None:
-                state.layers[self.layer_idx] = layer_state
+                state.layers[self.layer_idx] = past
         o = self.group_norm(o.transpose(1, 2).reshape(B * T, Cv)).view(B, T, Cv)  # (B, T, Cv)
         return self.o_proj(F.silu(g) * o)
 
