@@ -6,8 +6,9 @@
     model = model_from_config(get_config("pythia-14m", n_layer=2))             # from scratch, random init
 
 `from_pretrained` dispatches on config.json's model_type: gpt_neox, llama and qwen2 give a Decoder
-(logits), rafale_retnet a RetNet (the same interface: hidden_states, lm_head, make_kv_cache), bert and roberta an encoder with the checkpoint's head (MLM logits, class logits, or the last
-hidden states of a bare backbone). Every model is called as `model(input_ids, attention_mask=mask)`.
+(logits), rafale_retnet a RetNet (the same interface: hidden_states, lm_head, make_kv_cache), bert and
+roberta an encoder with the checkpoint's head (MLM logits, class logits, or the last hidden states of a
+bare backbone). Every model is called as `model(input_ids, attention_mask=mask)`.
 
 Importing this package imports torch and safetensors, never transformers.
 """

@@ -7,8 +7,8 @@ The weights go through the same exporter as a run's final/ (weights.export_model
 output is what transformers' Auto classes load. A rafale tokenizer.json is plain `tokenizers` JSON; the
 tokenizer_config.json written next to it names PreTrainedTokenizerFast and the special tokens, which is
 all AutoTokenizer needs. Verification (transformers installed, not --no-verify) reloads the written dir
-with the Auto class of its architecture (a RetNet's once rafale.hf registers it) and compares logits on a few tokens, and AutoTokenizer's ids with
-the tokenizer's, before anything is moved into place: the output dir appears complete, verified, or not at all.
+with the Auto class of its architecture (for a RetNet, the one rafale.hf registers) and compares logits on
+a few tokens, and AutoTokenizer's ids with the tokenizer's, before anything is moved into place: the output dir appears complete, verified, or not at all.
 """
 
 import os

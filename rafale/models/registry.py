@@ -1,4 +1,4 @@
-"""Named model configs, decoders, RetNets and encoders: one plain dict per checkpoint, headed by the config.json it copies.
+"""Named model configs (decoders, RetNets, encoders): one plain dict per checkpoint, headed by its config.json.
 
     get_config("pythia-160m")                      -> DecoderConfig with the HF shapes
     get_config("bert-tiny", num_labels=3)          -> EncoderConfig, with overrides (any field of the config)

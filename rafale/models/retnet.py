@@ -362,7 +362,7 @@ class RetNet(nn.Module):
         if position_ids is None:
             cos, sin = self.rope_cos[start:start + T, None], self.rope_sin[start:start + T, None]  # (T, 1, dk)
         else:
-            cos, sin = self.rope_cos[position_ids].unsqueeze(2), self.rope_sin[position_ids].unsqueeze(2)  # (B, T, 1, dk)
+            cos, sin = self.rope_cos[position_ids][:, :, None], self.rope_sin[position_ids][:, :, None]  # (B, T, 1, dk)
         rope = (cos.to(x.dtype), sin.to(x.dtype))
         keep = None if attention_mask is None else attention_mask[:, start:].to(x.dtype)  # (B, T)
         D = None  # the parallel form's decay mask, shared by all layers

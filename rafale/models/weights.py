@@ -481,7 +481,8 @@ def export_model(model: nn.Module, out_dir) -> Path:
     Raises:
         ModelError: the model's config has no transformers architecture (nothing is written then).
     """
-    head = "lm" if isinstance(model, (Decoder, RetNet)) else next((h for h, c in HEAD_CLASSES.items() if type(model) is c), None)
+    head = "lm" if isinstance(model, (Decoder, RetNet)) else \
+        next((h for h, c in HEAD_CLASSES.items() if type(model) is c), None)
     if head is None:
         raise TypeError(f"export_model takes a Decoder, RetNet, Encoder, EncoderForMaskedLM or "
                         f"EncoderForSequenceClassification, got {type(model).__name__}")
