@@ -18,8 +18,8 @@ Notable choices:
   max(|its sum|, 1). The recurrent form carries c_n and z_n = gamma z_{n-1} + K_n beside S_n for them.
   The group norm that follows undoes any per-head, per-token scale, so they matter only for its eps
   and for the numerical range.
-- Queries and keys rotate by position (rotary, "rotate half", over the whole head). The paper's xPos is
-  that rotation plus a decay; here the decay is gamma.
+- Queries and keys rotate by position (rotary, "rotate half", over the whole head). The paper writes the
+  position term as xPos, a rotation e^(i n theta) times gamma^n: the rotation is this one, gamma^n is in D.
 - Values and the swish gate are `value_factor` (the paper: 2) times n_embd wide; q, k, v and the gate
   come from one fused projection. With value_factor 2 retention has 8 n_embd^2 weights against
   attention's 4, so the FFN is 2 n_embd wide by default (the paper's choice): per layer, as many
