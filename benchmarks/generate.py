@@ -1,6 +1,7 @@
-"""Greedy generation speed: rafale's KV-cache loop against transformers' generate, same weights, one process.
+"""Greedy generation speed: rafale's KV-cache loop against transformers' generate, same weights, one process;
+and how the time per step grows with the position, for a transformer and a RetNet.
 
-    PYTHONPATH=. python benchmarks/generate.py [--threads 1] [--repeats 5]
+    PYTHONPATH=. python benchmarks/generate.py [--threads 1] [--repeats 5] [--long 2048]
 
 A pythia-14m-shaped model (hidden 128, 6 layers, 4 heads, rotary 0.25, parallel residual, vocab 8192),
 randomly initialised, exported with rafale.models.export_model and loaded by GPTNeoXForCausalLM.
@@ -8,6 +9,12 @@ Prompt 32 tokens, 256 new tokens, batch 1 and batch 8; the two implementations a
 to go first), so a noisy machine affects both alike. Prints one JSON line: median new tokens/s for each,
 the median and range of the per-repeat speed ratios (rafale over transformers, each from two adjacent
 runs), and rafale's time per step around step 16 and step 256.
+
+The "long" row decodes `--long` + 16 tokens from a 32-token prompt with rafale's loop, for the same
+pythia-14m-shaped decoder and for retnet-14m (vocab 8192 both), and compares the time per step around step
+16 with the time around step `--long` (the median of 32 steps, each run's ratio, then the median over runs,
+the two models taking turns to go first): attention reads a KV cache that grows with every token,
+retention a state of fixed size.
 """
 
 import argparse
@@ -18,16 +25,16 @@ import time
 
 import torch
 
-from rafale.models import Decoder, export_model, get_config
+from rafale.models import Decoder, RetNet, export_model, get_config
 from rafale.models.generate import generate
 
 PROMPT, NEW = 32, 256
 
 
-def rafale_run(model, prompts):
-    """(tokens (B, NEW), seconds, seconds per step for each step after the first)."""
+def rafale_run(model, prompts, new=NEW):
+    """(tokens (B, new), seconds, seconds per step for each step after the first)."""
     stamps, out = [time.perf_counter()], []
-    for step in generate(model, prompts.tolist(), NEW):
+    for step in generate(model, prompts.tolist(), new):
         out.append(step)
         stamps.append(time.perf_counter())
     steps = [b - a for a, b in zip(stamps[1:], stamps[2:])]
@@ -41,10 +48,32 @@ def hf_run(hf, prompts):
     return out[:, PROMPT:], time.perf_counter() - t
 
 
+def step_growth(args) -> dict:
+    """Per-step time around step 16 and around step args.long, for a transformer and a RetNet (batch 1)."""
+    new = args.long + 16
+    models = {"transformer": Decoder(get_config("pythia-14m", vocab_size=8192, max_seq_len=PROMPT + new)).eval(),
+              "retnet": RetNet(get_config("retnet-14m", vocab_size=8192, max_seq_len=PROMPT + new)).eval()}
+    prompt = torch.randint(0, 8192, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    early, late = {name: [] for name in models}, {name: [] for name in models}
+    for repeat in range(max(1, min(args.repeats, 5))):
+        for name in (sorted(models) if repeat % 2 else sorted(models, reverse=True)):  # alternate who goes first
+            steps = rafale_run(models[name], prompt, new)[2]
+            early[name].append(statistics.median(steps[0:32]))  # steps 1-32: around step 16
+            late[name].append(statistics.median(steps[args.long - 16:args.long + 16]))  # around step args.long
+    out = {"steps": args.long}
+    for name in models:
+        ratio = statistics.median(b / a for a, b in zip(early[name], late[name]))  # per run
+        out[name] = {"ms_per_step_16": round(statistics.median(early[name]) * 1e3, 3),
+                     f"ms_per_step_{args.long}": round(statistics.median(late[name]) * 1e3, 3),
+                     f"step_{args.long}_over_16": round(ratio, 2)}
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: decoding is dispatch-bound)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--long", type=int, default=2048, help="the late step of the transformer/RetNet row")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
@@ -89,6 +118,7 @@ def main():
                 ms_per_step_256=round(statistics.median(late) * 1e3, 3),
                 step_256_over_16=round(statistics.median(b / a for a, b in zip(early, late)), 2),  # per run
             )
+    result["long"] = step_growth(args)
     print(json.dumps(result))
 
 

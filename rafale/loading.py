@@ -24,7 +24,7 @@ def model_and_tokenizer(path, *, decoder_for: str | None = None, device="cpu"):
         DataError: no tokenizer.json beside the model.
     """
     from rafale.data.tokenizer import tokenizer_beside
-    from rafale.models import Decoder, from_pretrained
+    from rafale.models import CAUSAL_LMS, from_pretrained
     from rafale.models.checkpoint import locate
     from rafale.models.weights import hf_model_type
 
@@ -37,7 +37,7 @@ def model_and_tokenizer(path, *, decoder_for: str | None = None, device="cpu"):
         raise DataError(f"{path}: the hub repository has no tokenizer.json (expected it in its download, "
                         f"{model_dir}); rafale needs a tokenizers-library tokenizer.json") from None
     model = from_pretrained(model_dir, device=device)
-    if decoder_for and not isinstance(model, Decoder):
+    if decoder_for and not isinstance(model, CAUSAL_LMS):
         raise ModelError(f"{path} holds an encoder ({hf_model_type(model.config)}), which cannot generate text; "
-                         f"{decoder_for} needs a decoder (gpt_neox, llama or qwen2)")
+                         f"{decoder_for} needs a decoder (gpt_neox, llama, qwen2 or rafale_retnet)")
     return model, tok

@@ -72,6 +72,10 @@ CASES = [
     C("model-bf16-on-cpu", f"{RUN} run.device=cpu run.precision=amp_bf16", "run.precision: amp_bf16 needs a GPU"),
     C("model-tokenizer-bigger-than-vocab", f"{TOK}tok300.json model.overrides.vocab_size=64",
       "has only 64 embedding rows"),
+    C("model-retnet-heads-not-dividing", f"{RUN} model.config=retnet-14m model.overrides.n_head=3",
+      "model.overrides: RetNetConfig 'retnet-14m': n_embd 64 is not divisible by n_head 3"),
+    C("model-retnet-chunk-size", f"{RUN} model.config=retnet-14m model.overrides.chunk_size=0",
+      "model.overrides: RetNetConfig 'retnet-14m': chunk_size must be positive, got 0"),
     # ---- data ---------------------------------------------------------------------------------------
     C("data-source-missing", f"{RUN} data.source=nowhere.txt", "nowhere.txt"),
     C("data-source-empty", f"{RUN} data.source=empty.txt", "empty.txt"),

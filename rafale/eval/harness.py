@@ -154,12 +154,12 @@ def adapter_for(path, names: list[str], batch_size: int = 8, device: Optional[st
 
     from rafale.eval.adapter import RafaleLM
     from rafale.loading import model_and_tokenizer
-    from rafale.models import Decoder
+    from rafale.models import CAUSAL_LMS
     from rafale.models.weights import hf_model_type
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = model_and_tokenizer(path, device=device)
-    if not isinstance(model, Decoder):
+    if not isinstance(model, CAUSAL_LMS):
         raise ModelError(f"{path} holds an encoder ({hf_model_type(model.config)}); lm-eval tasks "
                          f"({', '.join(names)}) score and generate next tokens, which needs a decoder; evaluate an "
                          f"encoder with --data")

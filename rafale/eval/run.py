@@ -55,7 +55,7 @@ def evaluate_data(path, source, *, text_field: str = "text", split: Optional[str
             does not fit the model; DataError: a source with no text.
     """
     from rafale.loading import model_and_tokenizer
-    from rafale.models import Decoder, EncoderForMaskedLM, EncoderForSequenceClassification
+    from rafale.models import Decoder, EncoderForMaskedLM, EncoderForSequenceClassification, RetNet
     from rafale.models.checkpoint import locate, read_hf_config
 
     model, tok = model_and_tokenizer(path)
@@ -66,7 +66,7 @@ def evaluate_data(path, source, *, text_field: str = "text", split: Optional[str
     block = block_size or max_len
     if context is not None and not 0 <= context < block:
         raise ConfigError(f"--context {context}: expected 0 to block size - 1 ({block - 1})")
-    head = {Decoder: "lm", EncoderForSequenceClassification: "classification", EncoderForMaskedLM: "mlm"}
+    head = {Decoder: "lm", RetNet: "lm", EncoderForSequenceClassification: "classification", EncoderForMaskedLM: "mlm"}
     kind = head.get(type(model))
     if kind is None:
         raise ConfigError(f"--data: the model is a bare encoder backbone ({type(model).__name__}), with no head to "

@@ -1,4 +1,4 @@
-"""Models: decoders (GPT-NeoX/Pythia, Llama, Qwen2), encoders (BERT, RoBERTa), one registry, one loading path.
+"""Models: decoders (GPT-NeoX/Pythia, Llama, Qwen2), RetNet, encoders (BERT, RoBERTa), one registry, one loading path.
 
     from rafale.models import from_pretrained, get_config, model_from_config
     model = from_pretrained("runs/quickstart")            # a run dir, its final/, an HF-layout dir or a hub id
@@ -6,8 +6,9 @@
     model = model_from_config(get_config("pythia-14m", n_layer=2))             # from scratch, random init
 
 `from_pretrained` dispatches on config.json's model_type: gpt_neox, llama and qwen2 give a Decoder
-(logits), bert and roberta an encoder with the checkpoint's head (MLM logits, class logits, or the last
-hidden states of a bare backbone). Every model is called as `model(input_ids, attention_mask=mask)`.
+(logits), rafale_retnet a RetNet (the same interface: hidden_states, lm_head, make_kv_cache), bert and
+roberta an encoder with the checkpoint's head (MLM logits, class logits, or the last hidden states of a
+bare backbone). Every model is called as `model(input_ids, attention_mask=mask)`.
 
 Importing this package imports torch and safetensors, never transformers.
 """
@@ -27,17 +28,23 @@ from rafale.models.encoder import Encoder, EncoderConfig, EncoderForMaskedLM, En
 from rafale.models.encoder_weights import HEAD_CLASSES, head_from_checkpoint
 from rafale.models import lora
 from rafale.models.registry import get_config, list_models, with_overrides
+from rafale.models.retnet import RetNet, RetNetConfig
 from rafale.models.weights import config_from_hf, export_model, load_weights
 
 __all__ = [
     "Decoder", "DecoderConfig", "Encoder", "EncoderConfig", "EncoderForMaskedLM", "EncoderForSequenceClassification",
     "KVCache", "LoadReport", "build_model", "config_from_weights", "export_model", "from_pretrained", "get_config",
-    "list_models", "load_pretrained", "model_from_config", "resolve_model_config",
+    "list_models", "load_pretrained", "model_from_config", "resolve_model_config", "RetNet", "RetNetConfig",
+    "CAUSAL_LMS", "CAUSAL_LM_CONFIGS",
 ]
+
+# The causal language models: they train on causal_lm/sft through ComposerLM and generate; same interface.
+CAUSAL_LMS = (Decoder, RetNet)
+CAUSAL_LM_CONFIGS = (DecoderConfig, RetNetConfig)
 
 FROM_WEIGHTS = "from_weights"  # model.config value: take the shapes from the checkpoint's config.json
 # Fields that do not change any tensor's shape: a checkpoint loads into a config that differs only in these.
-NON_SHAPE_FIELDS = {"name", "dropout", "attn_dropout", "init_std", "num_labels"}
+NON_SHAPE_FIELDS = {"name", "dropout", "attn_dropout", "init_std", "num_labels", "chunk_size"}
 
 
 def config_from_weights(path) -> DecoderConfig | EncoderConfig:
@@ -53,7 +60,7 @@ def config_from_weights(path) -> DecoderConfig | EncoderConfig:
 def check_same_shapes(config, checkpoint_config, where) -> None:
     """Raise a ModelError listing the fields where `config` and a checkpoint's config give different shapes."""
     if type(config) is not type(checkpoint_config):
-        kinds = {DecoderConfig: "a decoder", EncoderConfig: "an encoder"}
+        kinds = {DecoderConfig: "a decoder", RetNetConfig: "a RetNet", EncoderConfig: "an encoder"}
         raise ModelError(f"model.config {config.name!r} is {kinds[type(config)]} but {where} holds "
                          f"{kinds[type(checkpoint_config)]}; set model.config: {FROM_WEIGHTS}")
     diffs = [f"{f.name} {getattr(config, f.name)} vs {getattr(checkpoint_config, f.name)}"
@@ -108,6 +115,8 @@ def model_from_config(config: DecoderConfig | EncoderConfig, head: str = "mlm") 
     """A randomly initialised model for a config; `head` picks an encoder's head (decoders have one)."""
     if isinstance(config, DecoderConfig):
         return Decoder(config)
+    if isinstance(config, RetNetConfig):
+        return RetNet(config)
     if head not in HEAD_CLASSES:
         raise ModelError(f"model.head: {head!r} is not one of {', '.join(HEAD_CLASSES)}")
     return HEAD_CLASSES[head](config)
@@ -165,10 +174,10 @@ def load_pretrained(weights_path, *, head: str = "auto", num_labels: Optional[in
         config = dataclasses.replace(config, num_labels=num_labels)
         head = "classification" if head == "auto" else head
     hf_sd = read_hf_weights(path)
-    if isinstance(config, DecoderConfig):
+    if isinstance(config, CAUSAL_LM_CONFIGS):
         if head not in ("auto", "lm"):
             raise ModelError(f"{path}: a decoder checkpoint has only its language-model head, not {head!r}")
-        model_class, head = Decoder, "lm"
+        model_class, head = (Decoder if isinstance(config, DecoderConfig) else RetNet), "lm"
     else:
         if head == "auto":
             head = head_from_checkpoint(read_hf_config(path), hf_sd, path / "config.json")

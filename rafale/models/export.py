@@ -7,8 +7,8 @@ The weights go through the same exporter as a run's final/ (weights.export_model
 output is what transformers' Auto classes load. A rafale tokenizer.json is plain `tokenizers` JSON; the
 tokenizer_config.json written next to it names PreTrainedTokenizerFast and the special tokens, which is
 all AutoTokenizer needs. Verification (transformers installed, not --no-verify) reloads the written dir
-with the Auto class of its architecture and compares logits on a few tokens, and AutoTokenizer's ids with
-the tokenizer's, before anything is moved into place: the output dir appears complete, verified, or not at all.
+with the Auto class of its architecture (for a RetNet, the one rafale.hf registers) and compares logits on
+a few tokens, and AutoTokenizer's ids with the tokenizer's, before anything is moved into place: the output dir appears complete, verified, or not at all.
 """
 
 import os
@@ -78,6 +78,7 @@ def _verify(model, head: str, tmp: Path, tokenizer_json: Optional[Path]) -> str:
     """Reload `tmp` with transformers and compare; returns what was checked. Raises RuntimeError on a mismatch."""
     import transformers
 
+    import rafale.hf  # noqa: F401  registers rafale_retnet with the Auto classes
     transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar would interleave with our lines
     auto = getattr(transformers, AUTO_CLASSES[head])
     hf_model = auto.from_pretrained(tmp, attn_implementation="eager").eval()

@@ -19,7 +19,9 @@ column, so each step appends one column to all rows. Padding is masked out of at
 positions count real tokens only, so a row decodes exactly as it would alone. A batch without padding
 passes no mask and no positions at all (the decoder's fastest path). Finished rows keep a slot in the
 batch (removing them would mean copying the cache) but their outputs are ignored, and the loop ends when
-every row is done. The `rafale generate` command's terminal and file I/O is rafale/prompts.py.
+every row is done. A RetNet goes through the same loop: its `make_kv_cache` gives its recurrent state,
+whose size does not grow with the text. The `rafale generate` command's terminal and file I/O is
+rafale/prompts.py.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from rafale.errors import ConfigError, ModelError
 from rafale.files import atomic_path, write_json
 from rafale.models.decoder import Decoder
+from rafale.models.retnet import RetNet
 from rafale.models.encoder import Encoder, EncoderForMaskedLM, EncoderForSequenceClassification
 from rafale.models.encoder_weights import NAME_MAPS as ENCODER_MAPS
 from rafale.models.encoder_weights import canonical_key
@@ -46,11 +47,11 @@ from rafale.models.weights import NAME_MAPS, from_map_names, hf_model_type, map_
 
 GROUPS = ("attention", "mlp", "all")  # model.lora.targets may name these, or linear modules
 IN_BLOCK = re.compile(r"(^|\.)(blocks|layers)\.\d+\.")  # adapters go on the linear layers of the blocks
-HEADS = {Decoder: ["lm_head"], EncoderForSequenceClassification: ["pooler", "classifier"],
+HEADS = {Decoder: ["lm_head"], RetNet: ["lm_head"], EncoderForSequenceClassification: ["pooler", "classifier"],
          EncoderForMaskedLM: ["dense", "ln", "decoder"], Encoder: []}
 PREFIX = "base_model.model."  # PEFT's prefix of every saved tensor
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-TASK_TYPES = {Decoder: "CAUSAL_LM", EncoderForSequenceClassification: "SEQ_CLS"}
+TASK_TYPES = {Decoder: "CAUSAL_LM", RetNet: "CAUSAL_LM", EncoderForSequenceClassification: "SEQ_CLS"}
 
 
 class LoRALinear(nn.Module):

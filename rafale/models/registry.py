@@ -1,4 +1,4 @@
-"""Named model configs, decoders and encoders: one plain dict per checkpoint, headed by the config.json it copies.
+"""Named model configs (decoders, RetNets, encoders): one plain dict per checkpoint, headed by its config.json.
 
     get_config("pythia-160m")                      -> DecoderConfig with the HF shapes
     get_config("bert-tiny", num_labels=3)          -> EncoderConfig, with overrides (any field of the config)
@@ -19,6 +19,7 @@ import torch
 from rafale.errors import ModelError
 from rafale.models.decoder import Decoder, DecoderConfig
 from rafale.models.encoder import EncoderConfig, EncoderForMaskedLM
+from rafale.models.retnet import RetNet, RetNetConfig
 from rafale.models.weights import hf_model_type
 
 # The switches each family shares; the entries below add their sizes.
@@ -109,12 +110,25 @@ encoders = [
     dict(ROBERTA, name="roberta-base", vocab_size=50265, n_layer=12, n_head=12, n_embd=768, intermediate_size=3072),
 ]
 
-name_to_config = {c["name"]: c for c in decoders + encoders}
+# ---- RetNet (rafale.models.retnet), trained from scratch: no published checkpoints. Each matches a Pythia
+# size (tests/models/test_retnet.py holds them within 5%): its width, depth, heads and vocabulary, with
+# the paper's FFN of 2 * n_embd, so that retention's 8 n_embd^2 weights plus the FFN's 4 n_embd^2 are a
+# Pythia block's 4 + 8 (its biases aside).
+retnets = [
+    dict(name="retnet-14m", vocab_size=50304, n_layer=6, n_head=4, n_embd=128, max_seq_len=2048),  # pythia-14m
+    dict(name="retnet-31m", vocab_size=50304, n_layer=6, n_head=8, n_embd=256, max_seq_len=2048),  # pythia-31m
+    dict(name="retnet-70m", vocab_size=50304, n_layer=6, n_head=8, n_embd=512, max_seq_len=2048),  # pythia-70m
+    dict(name="retnet-160m", vocab_size=50304, n_layer=12, n_head=12, n_embd=768, max_seq_len=2048),  # pythia-160m
+]
+
+name_to_config = {c["name"]: c for c in decoders + retnets + encoders}
 encoder_names = {c["name"] for c in encoders}
+retnet_names = {c["name"] for c in retnets}
 
 
-def get_config(name: str, **overrides) -> DecoderConfig | EncoderConfig:
-    """The registry entry `name` as a DecoderConfig or EncoderConfig, with any field replaced by `overrides`.
+def get_config(name: str, **overrides) -> DecoderConfig | RetNetConfig | EncoderConfig:
+    """The registry entry `name` as a DecoderConfig, RetNetConfig or EncoderConfig, with any field replaced by
+    `overrides`.
 
     Raises:
         ModelError: unknown name (with the closest known one), unknown override key, or overrides that
@@ -125,7 +139,7 @@ def get_config(name: str, **overrides) -> DecoderConfig | EncoderConfig:
         close = difflib.get_close_matches(name.lower(), lowered, n=1)
         hint = f"; did you mean {lowered[close[0]]!r}?" if close else ""
         raise ModelError(f"model.config: {name!r} is not a known model{hint} (see `rafale models`)")
-    config_class = EncoderConfig if name in encoder_names else DecoderConfig
+    config_class = EncoderConfig if name in encoder_names else RetNetConfig if name in retnet_names else DecoderConfig
     return with_overrides(config_class, copy.deepcopy(name_to_config[name]), overrides)
 
 
@@ -158,6 +172,6 @@ def list_models() -> list[tuple[str, str, int]]:
             if isinstance(config, EncoderConfig):
                 n_params = sum(p.numel() for p in EncoderForMaskedLM(config).parameters())
             else:
-                n_params = Decoder(config).num_params()
+                n_params = (RetNet if isinstance(config, RetNetConfig) else Decoder)(config).num_params()
         rows.append((name, hf_model_type(config), n_params))
     return rows

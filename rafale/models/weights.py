@@ -6,13 +6,16 @@ here, BERT and ROBERTA in encoder_weights.py), and one path through them. Loadin
     tensors     -> map_key() per name -> hf_to_rafale() checks names, shapes, dtypes against a model
                    on the meta device, and the layout fixes -> load_weights(): to_empty + strict load
 where the layout fixes are the two places rafale's fused `attn.qkv` differs from a checkpoint: NeoX
-interleaves q/k/v per head, Llama and Qwen2 keep q/k/v in three matrices. Export runs the same steps
+interleaves q/k/v per head, Llama and Qwen2 keep q/k/v in three matrices. RetNet has no transformers
+family: its files use rafale's own model_type, "rafale_retnet", and its own names under `model.`, as
+rafale.hf.RetNetForCausalLM holds them. Export runs the same steps
 backwards (the inverted map, then the fixes undone) and writes config.json + model.safetensors that
 transformers' Auto classes load.
 
 transformers itself is never imported here; the tests compare against it.
 """
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Optional
@@ -28,6 +31,7 @@ from rafale.models.encoder import Encoder, EncoderConfig
 from rafale.models.encoder_weights import (HEAD_CLASSES, canonical_key, encoder_config_from_hf,
                                            encoder_config_to_hf)
 from rafale.models.encoder_weights import NAME_MAPS as ENCODER_MAPS
+from rafale.models.retnet import RetNet, RetNetConfig
 
 LAYER_NUMBER = re.compile(r"\.(\d+)\.")
 
@@ -81,11 +85,30 @@ LLAMA = {  # also Qwen2, whose q/k/v carry biases
     "model.rotary_emb.inv_freq": None,
 }
 
-NAME_MAPS = {"gpt_neox": GPT_NEOX, "llama": LLAMA, "qwen2": LLAMA, **ENCODER_MAPS}
+RETNET = {  # rafale's own layout (model_type "rafale_retnet"): its module names, under `model.`
+    "model.wte.weight": "wte.weight",
+    "model.blocks.{}.retention_norm.weight": "blocks.{}.retention_norm.weight",
+    "model.blocks.{}.retention_norm.bias": "blocks.{}.retention_norm.bias",
+    "model.blocks.{}.retention.qkvg.weight": "blocks.{}.retention.qkvg.weight",
+    "model.blocks.{}.retention.group_norm.weight": "blocks.{}.retention.group_norm.weight",
+    "model.blocks.{}.retention.group_norm.bias": "blocks.{}.retention.group_norm.bias",
+    "model.blocks.{}.retention.o_proj.weight": "blocks.{}.retention.o_proj.weight",
+    "model.blocks.{}.ffn_norm.weight": "blocks.{}.ffn_norm.weight",
+    "model.blocks.{}.ffn_norm.bias": "blocks.{}.ffn_norm.bias",
+    "model.blocks.{}.ffn.gate_proj.weight": "blocks.{}.ffn.gate_proj.weight",
+    "model.blocks.{}.ffn.up_proj.weight": "blocks.{}.ffn.up_proj.weight",
+    "model.blocks.{}.ffn.down_proj.weight": "blocks.{}.ffn.down_proj.weight",
+    "model.norm.weight": "norm.weight",
+    "model.norm.bias": "norm.bias",
+    "model.lm_head.weight": "lm_head.weight",
+}
+
+NAME_MAPS = {"gpt_neox": GPT_NEOX, "llama": LLAMA, "qwen2": LLAMA, "rafale_retnet": RETNET, **ENCODER_MAPS}
 ARCHITECTURES = {  # model_type -> {rafale head: the transformers class of that head}
     "gpt_neox": {"lm": "GPTNeoXForCausalLM"},
     "llama": {"lm": "LlamaForCausalLM"},
     "qwen2": {"lm": "Qwen2ForCausalLM"},
+    "rafale_retnet": {"lm": "RetNetForCausalLM"},  # rafale.hf registers it with transformers' Auto classes
     "bert": {"backbone": "BertModel", "mlm": "BertForMaskedLM", "classification": "BertForSequenceClassification"},
     "roberta": {"backbone": "RobertaModel", "mlm": "RobertaForMaskedLM",
                 "classification": "RobertaForSequenceClassification"},
@@ -175,13 +198,16 @@ def from_map_names(sd: dict, model: nn.Module) -> dict:
 # --- configs ---------------------------------------------------------------------------------------------------
 
 
-def hf_model_type(config: DecoderConfig | EncoderConfig) -> str:
-    """The transformers model_type whose switches match this config: gpt_neox, llama, qwen2, bert or roberta.
+def hf_model_type(config: DecoderConfig | EncoderConfig | RetNetConfig) -> str:
+    """The transformers model_type whose switches match this config: gpt_neox, llama, qwen2, bert or roberta;
+    rafale_retnet for a RetNet.
 
     Raises:
         ModelError: no transformers architecture has this config's combination of switches.
     """
     c = config
+    if isinstance(c, RetNetConfig):
+        return "rafale_retnet"
     if isinstance(c, EncoderConfig):
         if c.classifier == "bert" and c.position_offset == 0:
             return "bert"
@@ -218,6 +244,8 @@ def config_from_hf(hf: dict, name: Optional[str] = None, source="config.json") -
     model_type = hf.get("model_type")
     if model_type in ENCODER_MAPS:
         return encoder_config_from_hf(hf, name=name, source=source)
+    if model_type == "rafale_retnet":
+        return retnet_config_from_hf(hf, name, source)
     if model_type not in NAME_MAPS:
         raise ModelError(f"{source}: model_type {model_type!r} is not a family rafale has a model for; "
                          f"expected one of {', '.join(sorted(NAME_MAPS))}")
@@ -287,7 +315,17 @@ def config_from_hf(hf: dict, name: Optional[str] = None, source="config.json") -
         raise ModelError(f"{source}: {e}") from e
 
 
-def config_to_hf(config: DecoderConfig | EncoderConfig, head: str = "lm", dtype: torch.dtype = torch.float32) -> dict:
+def retnet_config_from_hf(hf: dict, name: Optional[str], source) -> RetNetConfig:
+    """A RetNet's config.json holds RetNetConfig's own fields (transformers adds keys of its own when it saves)."""
+    fields = {f.name: hf[f.name] for f in dataclasses.fields(RetNetConfig) if f.name in hf and f.name != "name"}
+    try:
+        return RetNetConfig(name=name or "retnet", **fields)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{source}: {e}") from e
+
+
+def config_to_hf(config: DecoderConfig | EncoderConfig | RetNetConfig, head: str = "lm",
+                 dtype: torch.dtype = torch.float32) -> dict:
     """The config.json transformers needs to rebuild a model of this config and head (4.x key names, which
     5.x also reads); `head` is "lm" for decoders, "backbone", "mlm" or "classification" for encoders.
 
@@ -299,6 +337,9 @@ def config_to_hf(config: DecoderConfig | EncoderConfig, head: str = "lm", dtype:
           "dtype": str(dtype).removeprefix("torch.")}
     if isinstance(c, EncoderConfig):
         return {**hf, **encoder_config_to_hf(c)}
+    if isinstance(c, RetNetConfig):
+        fields = {k: v for k, v in dataclasses.asdict(c).items() if k != "name"}
+        return {**hf, **fields, "tie_word_embeddings": c.tie_embeddings}
     hf |= {
         "vocab_size": c.vocab_size,
         "hidden_size": c.n_embd,
@@ -426,8 +467,8 @@ def load_weights(model_class: type, config, hf_sd: dict, where, device="cpu",
         module, _, attr = name.rpartition(".")
         setattr(model.get_submodule(module), attr, model.get_parameter(first))
         state[name] = state[first]
-    if isinstance(model, Decoder):
-        model.init_buffers()  # the rope tables, which no checkpoint holds
+    if isinstance(model, (Decoder, RetNet)):
+        model.init_buffers()  # the rope tables (and RetNet's decays), which no checkpoint holds
     if initialized:
         encoder.init_weights(model, config)
         state |= {k: t for k, t in model.state_dict().items() if k in initialized}
@@ -442,9 +483,10 @@ def export_model(model: nn.Module, out_dir) -> Path:
     Raises:
         ModelError: the model's config has no transformers architecture (nothing is written then).
     """
-    head = "lm" if isinstance(model, Decoder) else next((h for h, c in HEAD_CLASSES.items() if type(model) is c), None)
+    head = "lm" if isinstance(model, (Decoder, RetNet)) else \
+        next((h for h, c in HEAD_CLASSES.items() if type(model) is c), None)
     if head is None:
-        raise TypeError(f"export_model takes a Decoder, Encoder, EncoderForMaskedLM or "
+        raise TypeError(f"export_model takes a Decoder, RetNet, Encoder, EncoderForMaskedLM or "
                         f"EncoderForSequenceClassification, got {type(model).__name__}")
     hf_config = config_to_hf(model.config, head, dtype=next(model.parameters()).dtype)  # first: may raise
     return write_hf_dir(out_dir, hf_config, rafale_to_hf(model))

@@ -3,7 +3,8 @@
 Training FLOPs per token = 6 x (every parameter except the input embedding) + 12 x n_layer x n_embd x seq.
 The 6 x N term counts forward (2) and backward (4) of every real matmul, the LM head included; the input
 embedding is a lookup, not a matmul, and counting it overstates a small model's FLOPs badly (at pythia-14m
-with vocab 50k it is half the parameters). The second term is attention's QK^T and AV.
+with vocab 50k it is half the parameters). The second term is attention's QK^T and AV; RetNet's values are
+value_factor times wider, so its term is 6 x (1 + value_factor) x n_layer x n_embd x seq (its parallel form).
 
 The peak comes from a table of dense bf16/fp16 tensor-core figures for known GPUs (fp32 runs use the
 fp32 column), and on a CPU from a measured fp32 `torch.mm` of 1024 x 1024 (best of 20, about 0.2 s).
@@ -46,7 +47,8 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> int:
     n = sum(unique.values())
     if not getattr(cfg, "tie_embeddings", False):  # tied: the matrix is also the LM head, a real matmul
         n -= model.wte.weight.numel()
-    return 6 * n + 12 * cfg.n_layer * cfg.n_embd * seq_len
+    value_factor = getattr(cfg, "value_factor", 1)  # RetNet: AV is this much wider than QK^T
+    return 6 * n + 6 * (1 + value_factor) * cfg.n_layer * cfg.n_embd * seq_len
 
 
 def measure_cpu_peak(size: int = 1024, reps: int = 20) -> float:

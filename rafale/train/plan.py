@@ -36,7 +36,7 @@ from rafale.data import sources
 from rafale.data.prepare import pipeline_module
 from rafale.data.tokenizer import TokenizerInfo, get_tokenizer, load_tokenizer
 from rafale.errors import ConfigError, ModelError
-from rafale.models import DecoderConfig, EncoderConfig, model_from_config, resolve_model_config
+from rafale.models import CAUSAL_LM_CONFIGS, DecoderConfig, EncoderConfig, model_from_config, resolve_model_config
 from rafale.train import mfu, preflight
 from rafale.train.checkpoints import check_readable, check_same_base
 from rafale.train.rundir import RunDirState, inspect_run_dir
@@ -118,7 +118,7 @@ def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=prin
         check_fits(cfg, mc.vocab_size, mc.max_seq_len, tokenizer.vocab_size)
     fpt = peak = None
     source = ""
-    if isinstance(mc, DecoderConfig) and not debug:
+    if isinstance(mc, CAUSAL_LM_CONFIGS) and not debug:
         with torch.device("meta"):
             fpt = mfu.flops_per_token(model_from_config(mc), cfg.data.block_size)
         peak, source = mfu.peak_flops(device, precision)
@@ -137,7 +137,7 @@ def model_config(cfg: Config) -> DecoderConfig | EncoderConfig | None:
                               f"expected one of causal_lm, sft")
         return None
     mc = resolve_model_config(cfg.model.config, cfg.model.weights, **cfg.model.overrides)
-    is_decoder = isinstance(mc, DecoderConfig)
+    is_decoder = isinstance(mc, CAUSAL_LM_CONFIGS)
     allowed = [p for p, head in PIPELINE_HEADS.items() if (head == "lm") == is_decoder]
     if cfg.data.pipeline not in allowed:
         kind = "a decoder" if is_decoder else "an encoder"

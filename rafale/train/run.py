@@ -208,7 +208,7 @@ def export_final(model, data: PreparedData, run_dir: Path, lora=None) -> Path:
     """
     from composer.models import HuggingFaceModel
 
-    from rafale.models import Decoder, export_model
+    from rafale.models import CAUSAL_LMS, export_model
 
     final, tmp = run_dir / "final", run_dir / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -223,7 +223,7 @@ def export_final(model, data: PreparedData, run_dir: Path, lora=None) -> Path:
     elif lora is None or lora.merge:
         export_model(model, tmp)
     shutil.copyfile(data.path / "tokenizer.json", tmp / "tokenizer.json")
-    if isinstance(model, (Decoder, HuggingFaceModel)):
+    if isinstance(model, (*CAUSAL_LMS, HuggingFaceModel)):
         write_json(tmp / "generation_config.json", {"eos_token_id": data.tokenizer.eos_id,
                                                     "pad_token_id": data.tokenizer.pad_id})
     if "labels" in data.meta and (tmp / "config.json").exists():  # classification: index -> label name
@@ -249,13 +249,13 @@ def unigram_eval_loss(data: PreparedData) -> float | None:
 
 
 def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model, final: Path) -> dict:
-    from rafale.models import Decoder
+    from rafale.models import CAUSAL_LMS
     from rafale.models.generate import complete
 
     cfg, ts = plan.cfg, trainer.state.timestamp
     model.eval()
     sample = complete(model, data.tokenizer, cfg.run.sample_prompt, cfg.run.sample_tokens) \
-        if cfg.run.sample_tokens and isinstance(model, Decoder) else None
+        if cfg.run.sample_tokens and isinstance(model, CAUSAL_LMS) else None
     tps = stats.tokens_per_second
     mfu = {}
     if plan.flops_per_token:

@@ -2,7 +2,7 @@
 
 Which model trains on which pipeline, and through which Composer wrapper:
 
-    causal_lm, sft     a decoder (ComposerLM) or a transformers causal LM (`model.hf`, HuggingFaceModel)
+    causal_lm, sft     a decoder or a RetNet (ComposerLM) or a transformers causal LM (`model.hf`, HuggingFaceModel)
     classification     an encoder with a classification head, num_labels from the data (ComposerClassifier)
     mlm                an encoder with its masked-LM head (ComposerMLM)
 """
@@ -38,13 +38,13 @@ def num_params(model: torch.nn.Module) -> int:
 
 def composer_model(model: torch.nn.Module) -> ComposerModel:
     """The Composer wrapper that turns this model's batches into a loss and metrics."""
-    from rafale.models import Decoder, EncoderForMaskedLM, EncoderForSequenceClassification
+    from rafale.models import CAUSAL_LMS, EncoderForMaskedLM, EncoderForSequenceClassification
     from rafale.train.composer_encoder import ComposerClassifier, ComposerMLM
     from rafale.train.composer_lm import ComposerLM
 
     if isinstance(model, ComposerModel):  # model.hf: already a HuggingFaceModel
         return model
-    if isinstance(model, Decoder):
+    if isinstance(model, CAUSAL_LMS):
         return ComposerLM(model)
     if isinstance(model, EncoderForSequenceClassification):
         return ComposerClassifier(model)

@@ -184,7 +184,7 @@ def unknown_family(path, t):
     hf = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**hf, "model_type": "t5"}))
     return path, ("config.json: model_type 't5' is not a family rafale has a model for; expected one of "
-                  "bert, gpt_neox, llama, qwen2, roberta")
+                  "bert, gpt_neox, llama, qwen2, rafale_retnet, roberta")
 
 
 BAD_CHECKPOINTS = [no_dir, no_config, only_a_vocab, no_weights, pickle_only, truncated, not_safetensors,
