@@ -168,6 +168,7 @@ def test_classification_lora_with_a_fresh_head_and_no_merge(rafale_env, tmp_path
                                    head="backbone"), tmp_path / "bert")
     p = rafale(rafale_env, tmp_path, tmp_path / "runs", f"data.source={tmp_path / 'reviews.jsonl'}",
                "model.config=from_weights", f"model.weights={tmp_path / 'bert'}", "data.tokenizer.train.vocab_size=300",
+               "data.tokenizer.train.type=bpe",  # deterministic, unlike wordpiece: the same run every time
                "data.block_size=16", "data.train_batch_size=16", "run.max_duration=3ep", "run.eval_interval=3ep",
                "optim.lr=5e-3", "optim.warmup=0ba", "model.lora={rank: 4, targets: [all], merge: false}",
                config="bert-classification.yaml")
