@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -256,15 +255,6 @@ def check_one_line(code, out: str, err: str, case: Case):
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert case.needle in lines[0], f"{case.needle!r} not in {lines[0]!r}"
-
-
-@pytest.fixture
-def restore_signals():
-    """main() installs SIGINT/SIGTERM handlers; put pytest's back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 @pytest.mark.parametrize("case", CASES)

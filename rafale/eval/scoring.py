@@ -62,8 +62,9 @@ def score(model, rows: Sequence[Row], batch_size: int = 8,
         groups.setdefault(row.context, []).append(i)
     # Sharing a context pays when it saves more tokens than the rows add (a question and its short answers);
     # rows that share only a prefix token (lm-eval's rolling windows) go through the plain path.
-    # A recurrent state (RetNet) cannot be copied per row like a KV cache: such a model scores rows alone.
-    copyable = hasattr(model.make_kv_cache(1, 1), "k")
+    from rafale.models import Decoder
+
+    copyable = isinstance(model, Decoder)  # a KV cache is copied per row; a RetNet's recurrent state is not
     shares = {c: copyable and (len(m) - 1) * len(c) >= sum(rows[i].n_scored for i in m) for c, m in groups.items()}
     alone = [i for c, members in groups.items() if not shares[c] for i in members]
     shared = [(c, members) for c, members in groups.items() if shares[c]]

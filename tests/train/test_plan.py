@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +17,6 @@ from rafale.train.rundir import LOCK, run_lock
 from train_helpers import MICRO, QUICKSTART, ROOT, rafale_cmd, run_rafale
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-
-
-@pytest.fixture
-def restore_signals():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 def test_a_run_resolves_its_model_config_device_and_fingerprint_once(tmp_path, monkeypatch, restore_signals):
