@@ -143,6 +143,12 @@ class DataConfig:
     labels: Union[list[str], None] = None  # the label set, in id order; null = discovered from train
     # mlm: masking happens in the collator, fresh at every epoch
     mlm_probability: float = 0.15  # of non-special tokens; of those 80% [MASK], 10% random, 10% kept
+    # streaming (causal_lm): read, tokenize and pack the train split on the fly; only the eval split is cached
+    streaming: bool = False
+    shuffle_buffer: Union[int, None] = 10000  # streaming: blocks shuffled in a buffer of this many; null = in order
+    eval_documents: int = 1000  # streaming: the first N documents are the eval split when the source has none
+    stream_batch: int = 2048  # streaming: documents read and tokenized at a time (one batch is read ahead)
+    storage_options: Union[dict, None] = None  # streaming: fsspec options for s3:// gs:// hf:// sources
 
 
 # ---- logging ----------------------------------------------------------------------------------------
@@ -452,6 +458,13 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     if d.labels is not None:
         need(len(d.labels) >= 2 and len(set(d.labels)) == len(d.labels), "data.labels",
              f"expected at least two distinct labels, got {d.labels}")
+    if d.streaming:
+        need(d.pipeline == "causal_lm", "data.streaming", f"supported with pipeline causal_lm, not "
+             f"{d.pipeline!r}; set data.streaming: false to prepare a cache")
+        need(d.shuffle_buffer is None or d.shuffle_buffer > 0, "data.shuffle_buffer",
+             f"expected a positive number of blocks, or null to keep the stream's order, got {d.shuffle_buffer}")
+        need(d.stream_batch > 0, "data.stream_batch", f"expected a positive number of documents, got {d.stream_batch}")
+        need(d.eval_documents >= 0, "data.eval_documents", f"expected 0 or more documents, got {d.eval_documents}")
     if d.max_documents is not None:
         need(d.max_documents > 0, "data.max_documents", f"expected a positive integer, got {d.max_documents}")
     t = d.tokenizer

@@ -82,6 +82,12 @@ CASES = [
     C("data-jsonl-bad-line", f"{RUN} data.source=bad.jsonl", "bad.jsonl"),
     C("data-jsonl-wrong-field", f"{RUN} data.source=docs.jsonl", "body"),
     C("data-unknown-synthetic", f"{RUN} data.source=synthetic:poems", "synthetic:poems"),
+    C("stream-mlm", f"{RUN} data.streaming=true data.pipeline=mlm", "data.streaming: supported with pipeline causal_lm"),
+    C("stream-shuffle-buffer", f"{RUN} data.streaming=true data.shuffle_buffer=0", "data.shuffle_buffer"),
+    C("stream-source-missing", f"{RUN} data.streaming=true data.source=nowhere.jsonl", "nowhere.jsonl"),
+    C("stream-wrong-field", f"{RUN} data.streaming=true data.source=docs.jsonl", "found: body"),
+    C("stream-bad-line", f"{RUN} data.streaming=true data.source=bad.jsonl", "bad.jsonl:2: invalid JSON"),
+    C("stream-epochs", f"{RUN} data.streaming=true run.max_duration=1ep", "run.max_duration: 1ep with data.streaming"),
     # found after tokenizing: the BPE tokenizer trained on the source is cached (a complete, valid entry)
     C("data-too-little-text", f"{RUN} data.source=tiny.txt data.eval_split=0 run.eval_interval=0ba", "tiny.txt",
       cache_ok=True),

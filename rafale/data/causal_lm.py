@@ -98,7 +98,8 @@ def build(cfg: DataConfig, splits: dict, tok: TokenizerInfo, out: Path, progress
         tokens = tokenize_flat(docs, tok, sep, dtype, lambda n_docs, n_tok: progress.update(
             task, advance=n_docs, tps=f"{(total + n_tok) / max(time.perf_counter() - t0, 1e-9):,.0f}"))
         total += len(tokens)
-        n_blocks = len(tokens) // cfg.block_size
+        blocks, rest = pack(tokens[:0], tokens, cfg.block_size)
+        n_blocks = len(blocks)
         if split == "train" and n_blocks == 0:
             raise DataError(f"data.source: {cfg.source!r} gives {len(tokens)} train tokens, fewer than one "
                             f"block of data.block_size {cfg.block_size}; use more text or a smaller block")
@@ -106,7 +107,7 @@ def build(cfg: DataConfig, splits: dict, tok: TokenizerInfo, out: Path, progress
             raise DataError(f"data.eval_split: the {len(docs)} held-out documents give {len(tokens)} tokens, "
                             f"fewer than one block of {cfg.block_size}; raise eval_split or lower block_size")
         kept = n_blocks * cfg.block_size
-        tokens[:kept].tofile(out / f"{split}.bin")
+        blocks.tofile(out / f"{split}.bin")
         meta["splits"][split] = {"documents": len(docs), "tokens": int(len(tokens)), "blocks": n_blocks,
                                  "examples": n_blocks, "dropped_tokens": int(len(tokens) - kept)}
         if len(tokens) - kept:
@@ -125,10 +126,26 @@ def tokenize_flat(docs: list[str], tok: TokenizerInfo, sep: int, dtype, on_batch
         for i in range(len(batches)):
             encs = pending.result()
             pending = pool.submit(encode, batches[i + 1]) if i + 1 < len(batches) else None
-            lists = [e.ids + [sep] for e in encs]
-            n = sum(map(len, lists))
-            pieces.append(np.fromiter(itertools.chain.from_iterable(lists), dtype=dtype, count=n))
-            n_tokens += n
+            pieces.append(flatten(encs, sep, dtype))
+            n_tokens += len(pieces[-1])
             if on_batch is not None:
                 on_batch(len(encs), n_tokens)
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+
+
+def encode_documents(docs: list[str], tok: TokenizerInfo, sep: int, dtype) -> np.ndarray:
+    """One batch of documents' ids, each followed by `sep`, as one flat array (the streaming path's step)."""
+    return flatten(tok.tokenizer.encode_batch_fast(docs, add_special_tokens=False), sep, dtype)
+
+
+def flatten(encodings, sep: int, dtype) -> np.ndarray:
+    lists = [e.ids + [sep] for e in encodings]
+    return np.fromiter(itertools.chain.from_iterable(lists), dtype=dtype, count=sum(map(len, lists)))
+
+
+def pack(carry: np.ndarray, tokens: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(whole blocks of `carry + tokens` as rows, the tokens left over). The cached path packs a split's
+    whole stream at once and drops what is left; the streaming path carries it into the next batch."""
+    flat = np.concatenate([carry, tokens]) if len(carry) else tokens
+    n = len(flat) // block_size
+    return flat[: n * block_size].reshape(n, block_size), flat[n * block_size :]

@@ -73,6 +73,10 @@ def prepare(cfg: DataConfig, console=None, fingerprint: dict | None = None,
     Raises:
         DataError: a bad source, field, tokenizer, or too little text (nothing is left in the cache).
     """
+    if cfg.streaming:  # the train split streams; only the eval split is prepared here
+        from rafale.data.streaming import prepare_streaming
+
+        return prepare_streaming(cfg, console, fingerprint, tokenizer)
     log = console.print if console is not None else print
     pipe = pipeline_module(cfg.pipeline)
     fields = pipe.fields(cfg)

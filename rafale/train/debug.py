@@ -9,6 +9,8 @@ once, so an mlm batch keeps the same masked positions at every step.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from composer import Trainer
 from composer.optim import ConstantScheduler
@@ -32,6 +34,8 @@ def _loss(wrapped, batch) -> float:
 def debug_run(plan, model, data, console) -> int:
     cfg = plan.cfg
     train = data.dataset("train")
+    if isinstance(train, torch.utils.data.IterableDataset):  # data.streaming: the stream's first blocks
+        train = list(itertools.islice(train, min(BATCH, cfg.data.train_batch_size)))
     n = min(BATCH, len(train), cfg.data.train_batch_size)
     batch = collate_fn(cfg, data, model, "train")([train[i] for i in range(n)])
     rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]  # default_collate stacks them back

@@ -107,6 +107,10 @@ def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=prin
     if lora is not None and run_dir is not None and run_dir.resume_from is not None:
         check_same_base(run_dir.resume_from, run_dir.path, cfg.model.weights, lora.base_fingerprint)
     fingerprint = sources.fingerprint(cfg.data)  # a missing source fails here, before FORCE=1 removes a run
+    if cfg.data.streaming:
+        from rafale.data.streaming import check_plan
+
+        check_plan(cfg, run_dir, fingerprint)
     tokenizer = load_tokenizer(cfg.data.tokenizer.path) if cfg.data.tokenizer.path else None
     if run_dir is not None:  # the estimate takes the largest vocabulary the tokenizer can have
         vocab = tokenizer.vocab_size if tokenizer else cfg.data.tokenizer.train.vocab_size
@@ -233,6 +237,10 @@ def train_tokenizer(cfg: Config, fingerprint: dict, log) -> TokenizerInfo:
     pipe = pipeline_module(cfg.data.pipeline)
 
     def train_docs() -> list[str]:
+        if cfg.data.streaming:
+            from rafale.data.streaming import tokenizer_documents
+
+            return tokenizer_documents(cfg.data)
         return pipe.texts_for_tokenizer(cfg.data, sources.load_splits(cfg.data, pipe.fields(cfg.data))["train"])
 
     return get_tokenizer(cfg.data, fingerprint, train_docs, log=log)

@@ -59,7 +59,8 @@ def check_room(cfg, n_params: int, fingerprint: dict) -> None:
     keep = cfg.run.save_num_checkpoints_to_keep
     n_ckpt = 2 if keep < 0 else keep + 1  # -1 keeps all: ask at least for two
     need_ckpt = n_params * (BYTES_PER_PARAM_CHECKPOINT * n_ckpt + 4)
-    need_cache = sum(os.path.getsize(f[0]) for f in fingerprint.get("files", []) if os.path.isfile(f[0]))
+    need_cache = 0 if cfg.data.streaming else \
+        sum(os.path.getsize(f[0]) for f in fingerprint.get("files", []) if os.path.isfile(f[0]))
     same_disk = os.stat(run_base).st_dev == os.stat(cache_base).st_dev
     needs = {run_base: need_ckpt + (need_cache if same_disk else 0)}
     if not same_disk:
@@ -80,7 +81,7 @@ def check_data(plan, data) -> None:
     cfg = plan.cfg
     splits = data.meta.get("splits", {})
     count = lambda split: splits.get(split, {}).get("examples", splits.get(split, {}).get("blocks", 0))  # noqa: E731
-    if count("train") < cfg.data.train_batch_size:
+    if not data.meta.get("streaming") and count("train") < cfg.data.train_batch_size:
         raise ConfigError(f"data.train_batch_size: {cfg.data.train_batch_size} is more than the {count('train')} "
                           f"train blocks in {data.path}; lower it or use more data")
     if cfg.data.eval_split > 0 and "eval" in splits and not count("eval"):

@@ -24,7 +24,7 @@ from rich.table import Table
 from rafale import signals
 from rafale.config import Config, dump_config
 from rafale.data.prepare import PreparedData, prepare
-from rafale.errors import RunStateError
+from rafale.errors import DataError, RunStateError
 from rafale.files import replace_dir, write_json
 from rafale.train import callbacks as cb
 from rafale.train import guards, preflight
@@ -64,6 +64,10 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
             start_run_dir(plan, data, model, say)
         trainer = build_trainer(plan, model, data, [stats, *([progress] if progress else []), *file_logger(plan, stats),
                                                     guards.Guard(rd.checkpoints, cfg.run.save_interval, cfg.optim.lr)])
+        from rafale.data.resume import skip_replay
+
+        if rd.resume_from and (note := skip_replay(trainer)):
+            say.print(note)
         try:
             fit(plan, trainer, data, say)
         finally:
@@ -134,7 +138,8 @@ def start_run_dir(plan: Plan, data: PreparedData, model, say: Console) -> None:
     rd = plan.run_dir
     rd.checkpoints.mkdir(parents=True, exist_ok=True)
     (rd.path / "config.yaml").write_text(dump_config(plan.cfg))
-    write_manifest(rd.path, plan.cfg, data, "running")
+    write_manifest(rd.path, plan.cfg, data, "running",
+                   **({"data_fingerprint": plan.fingerprint} if plan.cfg.data.streaming else {}))
     if rd.resume_from:
         say.print(f"resuming {rd.path} from checkpoint {rd.resume_from.name}: {rd.why}")
     else:
@@ -188,6 +193,11 @@ def fit(plan: Plan, trainer, data: PreparedData, say: Console) -> None:
                       + (f"saved checkpoint {saved}" if saved else f"latest checkpoint: {latest or 'none yet'}")
                       + f"\nresume with: {guards.resume_command()}", highlight=False, markup=False)
         raise
+    except DataError as e:  # a stream that fails part way: the checkpoints stay; fix the file and resume
+        if rank0:
+            write_manifest(rd.path, cfg, data, "data_error", data_error=str(e),
+                           data_error_file=getattr(e, "path", None))
+        raise
     except guards.TrainingDiverged:
         if rank0:
             write_manifest(rd.path, cfg, data, "diverged", diverged_at_step=trainer.state.timestamp.batch.value)
@@ -237,7 +247,7 @@ def export_final(model, data: PreparedData, run_dir: Path, lora=None) -> Path:
 
 def unigram_eval_loss(data: PreparedData) -> float | None:
     """Cross-entropy of a unigram model (add-one smoothed train counts) on the eval targets (causal_lm only)."""
-    if data.meta["pipeline"] != "causal_lm":
+    if data.meta["pipeline"] != "causal_lm" or data.meta.get("streaming"):
         return None
     train, evals = data.dataset("train"), data.dataset("eval")
     if evals is None:

@@ -176,9 +176,18 @@ def collate_fn(cfg: Config, data, model, split: str):
 
 
 def dataloader(dataset, batch_size: int, shuffle: bool, seed: int, collate) -> torch.utils.data.DataLoader:
-    sampler = dist.get_sampler(dataset, shuffle=shuffle, drop_last=shuffle, seed=seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                                       drop_last=shuffle)
+    """A process's loader. Train data resumes where a checkpoint left off without replaying batches: a stream
+    (data.streaming) restores its own position, a cached dataset gets a sampler that skips (data/resume.py)."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):  # already this process's share; no workers
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, drop_last=True)
+    if not shuffle:
+        sampler = dist.get_sampler(dataset, shuffle=False, drop_last=False, seed=seed)
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    from rafale.data.resume import Resumable, ResumableSampler
+
+    dataset = Resumable(dataset)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=ResumableSampler(dataset, True, seed),
+                                       collate_fn=collate, drop_last=True)
 
 
 def dataloaders(plan, data, model) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:

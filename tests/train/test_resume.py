@@ -48,6 +48,7 @@ def test_killed_run_resumes_where_it_stopped(rafale_env, reference, tmp_path):
 
     p = run_rafale(rafale_env, tmp_path, *STEPS)
     assert f"from checkpoint ep0-ba{killed_ckpt}-rank0.pt: it stopped part way" in p.stdout
+    assert f"without replaying {killed_ckpt} batches" in p.stdout  # the sampler took the position: O(1)
     resumed, ref = train_losses(run_dir), train_losses(reference)
     assert sorted(resumed) == list(range(1, 41))  # every step once: lines past the checkpoint were rewritten
     for step in ref:
