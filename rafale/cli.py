@@ -46,7 +46,11 @@ def run(
         if data_only or _flag("DATA"):
             from rafale.data.prepare import prepare
 
-            prepare(cfg.data, console=console)
+            data = prepare(cfg.data, console=console)
+            if cfg.data.streaming:  # the train split is not prepared: show that it opens and how fast it packs
+                from rafale.data.streaming import check
+
+                check(cfg.data, data.tokenizer, console.print)
             raise typer.Exit(0)
         from rafale.train.run import run as run_experiment
 

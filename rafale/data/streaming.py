@@ -184,8 +184,10 @@ class Position:
 class StreamingBlocks(torch.utils.data.IterableDataset):
     """Blocks of `block_size` tokens from the train stream, this process's share, resumable exactly."""
 
-    def __init__(self, cfg: DataConfig, tok: TokenizerInfo, rank: int = 0, world: int = 1, seed: int = 0):
-        self.cfg, self.tok, self.rank, self.world, self.seed = cfg, tok, rank, world, seed
+    def __init__(self, cfg: DataConfig, tok: TokenizerInfo, rank: int = 0, world: int = 1, loop: bool | None = None):
+        """`loop`: start the next pass without ending the iteration (default: with several processes)."""
+        self.cfg, self.tok, self.rank, self.world, self.seed = cfg, tok, rank, world, cfg.seed
+        self.loop = world > 1 if loop is None else loop
         self.dtype = token_dtype(tok)
         self.skip = 0 if open_split(cfg, "eval") is not None else cfg.eval_documents  # held out for eval
         self._pending: dict | None = None  # a loaded state, used by the next iteration
@@ -213,7 +215,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             pos = Position(**{k: v for k, v in state["position"].items() if k in Position.__dataclass_fields__})
             yield from self._pass(pos, state["buffer"], state["rng"])
             self._live, self._epoch = None, pos.epoch + 1
-            if self.world == 1:
+            if not self.loop:
                 return  # one pass is one epoch
 
     def _pass(self, pos: Position, rows, rng_state):
@@ -303,10 +305,11 @@ class StreamingData(PreparedData):
     def dataset(self, split: str):
         if split != "train":
             return super().dataset(split)
-        from composer.utils import dist
+        import torch.distributed as tdist
 
-        return StreamingBlocks(self.cfg, self.tokenizer, dist.get_global_rank(), dist.get_world_size(),
-                               self.cfg.seed)
+        on = tdist.is_available() and tdist.is_initialized()
+        return StreamingBlocks(self.cfg, self.tokenizer, tdist.get_rank() if on else 0,
+                               tdist.get_world_size() if on else 1)
 
 
 def prepare_streaming(cfg: DataConfig, console=None, fingerprint: dict | None = None,
@@ -330,6 +333,10 @@ def prepare_streaming(cfg: DataConfig, console=None, fingerprint: dict | None = 
     with build_entry(final, log, check=damage) as tmp:
         if tmp is not None:
             docs = eval_documents(cfg)
+            if open_split(cfg, "eval") is None and next(iter(StreamingBlocks(cfg, tok)), None) is None:
+                raise DataError(f"data.eval_documents: {cfg.eval_documents} takes every document of "
+                                f"{sources.describe(cfg)!r} (or all but less than one block) for the eval "
+                                f"split, leaving nothing to train on; lower it")
             tokens = causal_lm.tokenize_flat(docs, tok, tok.eos_id, token_dtype(tok))
             blocks, rest = pack(tokens[:0], tokens, cfg.block_size)
             if docs and not len(blocks):
@@ -378,6 +385,9 @@ def tokenizer_documents(cfg: DataConfig) -> list[str]:
         if len(out) >= TOKENIZER_DOCUMENTS:
             break
         out.append(text)
+    if not out:
+        raise DataError(f"data.eval_documents: {cfg.eval_documents} takes every document of "
+                        f"{sources.describe(cfg)!r} for the eval split, leaving none to train on; lower it")
     return out
 
 
