@@ -146,3 +146,49 @@ def test_run_again_with_point_skips_the_finished_point(swept):
     assert {f: f.stat().st_mtime_ns for f in before} == before, "the finished point was trained again"
     _, rows = read_csv(w / "sweeps" / "bs" / "results.csv")
     assert [r["status"] for r in rows] == ["failed", "finished"]  # the other point's row is kept
+
+
+# ---- the shipped study --------------------------------------------------------------------------------
+STUDY = ROOT / "configs" / "retnet-vs-transformer.yaml"
+
+
+def test_the_study_is_four_valid_points():
+    from rafale.sweep import plan_sweep
+
+    plan = plan_sweep(STUDY, [], [])
+    assert [p.name for p in plan.points] == ["config-pythia-14m_lr-0.001", "config-pythia-14m_lr-0.003",
+                                             "config-retnet-14m_lr-0.001", "config-retnet-14m_lr-0.003"]
+    assert plan.sweep_dir == Path("sweeps/retnet-vs-transformer")
+    assert plan.run_dir(3) == Path("runs/retnet-vs-transformer/config-retnet-14m_lr-0.003")
+    assert plan.configs[3].model.config == "retnet-14m" and plan.configs[3].optim.lr == 3e-3
+
+
+def test_the_paper_scale_grid_in_the_study_comments_validates():
+    """The 144-point override the config documents: every point's config and model are valid."""
+    import shlex
+
+    from rafale.sweep import plan_sweep
+
+    lines = STUDY.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "sbatch --array=" in line)
+    command = " ".join(line.lstrip("#").strip().rstrip("\\") for line in lines[start:start + 7])
+    args = shlex.split(command)[4:]  # after: sbatch --array=0-143 configs/slurm/sweep.sbatch CONFIG
+    grid = [a.split(" ", 1)[0] for a in " ".join(args).split("--grid ")[1:]]
+    overrides = [a for a in args if "=" in a and not a.startswith("-") and a not in grid]
+    name = args[args.index("--name") + 1]
+    plan = plan_sweep(STUDY, grid, overrides, name=name)
+    assert len(plan.points) == 144 and shlex.split(command)[1] == "--array=0-143"
+    assert {c.model.overrides["n_embd"] for c in plan.configs} == {768, 1024, 1280}
+    assert {c.data.block_size for c in plan.configs} == {256, 512}
+
+
+def test_eval_results_become_columns():
+    from rafale.sweep.results import eval_columns
+
+    payload = {"data": {"loss": 1.5, "perplexity": 4.48, "bits_per_byte": 0.6, "tokens": 100},
+               "results": {"stories_cloze": {"alias": "stories_cloze", "acc,none": 0.5, "acc_stderr,none": 0.1,
+                                             "acc_norm,none": 0.25}}}
+    assert eval_columns(payload) == {"eval.data/loss": 1.5, "eval.data/perplexity": 4.48,
+                                     "eval.data/bits_per_byte": 0.6, "stories_cloze/acc": 0.5,
+                                     "stories_cloze/acc_norm": 0.25}
+    assert eval_columns(None) == {}

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import gc
 import json
+import os
 import re
 import signal
 import subprocess
@@ -110,11 +111,11 @@ def run_sweep(plan: SweepPlan, *, launcher: str = "inprocess", nproc: int = 1, p
             raise ConfigError(f"--point {point}: the sweep has {len(plan.points)} points, 0 to "
                               f"{len(plan.points) - 1} (`rafale sweep ... --list` names them)")
         todo = [point]
-    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_json(plan.sweep_dir / "sweep.json", {
-        "config": plan.source, "name": plan.name, "grid": {k: [v.text for v in vs] for k, vs in plan.grid.items()},
-        "points": [{"index": p.index, "name": p.name, "values": {k: v.text for k, v in p.values.items()},
-                    "run_dir": str(plan.run_dir(i))} for i, p in enumerate(plan.points)]})
+    with results_lock(plan.sweep_dir):
+        write_json(plan.sweep_dir / "sweep.json", {
+            "config": plan.source, "name": plan.name, "grid": {k: [v.text for v in vs] for k, vs in plan.grid.items()},
+            "points": [{"index": p.index, "name": p.name, "values": {k: v.text for k, v in p.values.items()},
+                        "run_dir": str(plan.run_dir(i))} for i, p in enumerate(plan.points)]})
     failed = 0
     for n, i in enumerate(todo, 1):
         p, cfg, run_dir = plan.points[i], plan.configs[i], plan.run_dir(i)
@@ -205,7 +206,8 @@ def run_torchrun(cfg: Config, sweep_dir: Path, nproc: int) -> tuple[str, str | N
     write_text(path, dump_config(cfg))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "rafale", "run", "-c", str(path)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1)
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA", "DEBUG", "FORCE")}  # a point is a plain run
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
     error = None
     try:
         for line in proc.stderr:
