@@ -118,25 +118,15 @@ def run_sweep(plan: SweepPlan, *, launcher: str = "inprocess", nproc: int = 1, p
                         "run_dir": str(plan.run_dir(i))} for i, p in enumerate(plan.points)]})
     failed = 0
     for n, i in enumerate(todo, 1):
-        p, cfg, run_dir = plan.points[i], plan.configs[i], plan.run_dir(i)
-        console.rule(f"[bold]point {n}/{len(todo)}[/] {p.name}", align="left")
-        status, error = finished_state(cfg, run_dir)
+        p, run_dir = plan.points[i], plan.run_dir(i)
+        console.rule(f"[bold][{n}/{len(todo)}] point {p.index}[/] {p.name}", align="left")
+        status, error = finished_state(plan.configs[i], run_dir)
         if status == "finished":
             console.print(f"{p.name}: finished before; skipped ({run_dir})", highlight=False, markup=False)
+            forget_failure(plan, p)
             continue
         if status is None:
-            t0 = time.perf_counter()
-            try:
-                if launcher == "torchrun":
-                    status, error = run_torchrun(cfg, plan.sweep_dir, nproc)
-                else:
-                    status, error = run_inprocess(cfg, console)
-            except KeyboardInterrupt:
-                record(plan, p, "interrupted", None, time.perf_counter() - t0)
-                with results_lock(plan.sweep_dir):
-                    results.write_results(plan)
-                raise
-            record(plan, p, status, error, time.perf_counter() - t0)
+            status, error = attempt(plan, i, launcher, nproc, console)
         else:
             record(plan, p, status, error, 0.0)
         failed += status != "finished"
@@ -148,6 +138,25 @@ def run_sweep(plan: SweepPlan, *, launcher: str = "inprocess", nproc: int = 1, p
         rows = results.write_results(plan)
     results.print_summary(console, plan, rows)
     return 1 if failed else 0
+
+
+def attempt(plan: SweepPlan, i: int, launcher: str, nproc: int, console: Console) -> tuple[str, str | None]:
+    """Run (or resume) point i and record how it ended; an interrupt is recorded, then goes on up."""
+    from rafale.sweep import results
+
+    p, cfg, t0 = plan.points[i], plan.configs[i], time.perf_counter()
+    try:
+        if launcher == "torchrun":
+            status, error = run_torchrun(cfg, plan.sweep_dir, nproc)
+        else:
+            status, error = run_inprocess(cfg, console)
+    except KeyboardInterrupt:
+        record(plan, p, "interrupted", None, time.perf_counter() - t0)
+        with results_lock(plan.sweep_dir):
+            results.write_results(plan)
+        raise
+    record(plan, p, status, error, time.perf_counter() - t0)
+    return status, error
 
 
 def finished_state(cfg: Config, run_dir: Path) -> tuple[str | None, str | None]:
@@ -235,6 +244,16 @@ def record(plan: SweepPlan, p: Point, status: str, error: str | None, seconds: f
     write_json(plan.sweep_dir / "points" / f"{p.name}.json",
                {"status": status, "error": error, "attempt_seconds": round(seconds, 2),
                 "ended": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def forget_failure(plan: SweepPlan, p: Point) -> None:
+    """A point found finished (its config restored after a mismatch) drops a record that says otherwise."""
+    path = plan.sweep_dir / "points" / f"{p.name}.json"
+    try:
+        if json.loads(path.read_text()).get("status") != "finished":
+            path.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 @contextlib.contextmanager
