@@ -72,9 +72,9 @@ def child(args) -> None:
     from rafale.data.prepare import prepare
     from rafale.train.run import run
 
-    cfg = config(Path(args.corpus), Path(args.tok), Path(args.out), args.mode == "stream", args.steps)
+    cfg = config(Path(args.corpus), Path(args.tok), Path(args.out), args.child == "stream", args.steps)
     t0 = time.perf_counter()
-    if args.mode == "cached":
+    if args.child == "cached":
         prepare(cfg.data)
     prepared = time.perf_counter() - t0
     run(cfg)
