@@ -11,8 +11,8 @@ own, trains a pythia-14m shape (seq 256, batch 8) for --steps steps:
   stream_<size>:  data.streaming (shuffle buffer on), nothing prepared;
   cached_<size>:  the cached path, after `prepare()` (its preparation time is reported apart).
 
-Step time is the run's own train seconds over its steps (the first steps, which include start-up, are
-excluded by Composer's timing in RunStats). Resume: the time for a dataset to take a position --resume-step
+Step time is the run's own train seconds over its steps (RunStats: batch start to batch end, so evaluation
+and start-up are out, but the first batches' warm-up is in: use a few hundred steps). Resume: the time for a dataset to take a position --resume-step
 batches in (load_state_dict, then the first batch), against the replay Composer would otherwise spend
 (fetching every one of those batches through the DataLoader), both measured on the larger corpus.
 
