@@ -150,6 +150,8 @@ class DataConfig:
 class LoggingConfig:
     loggers: list[str] = field(default_factory=lambda: ["console", "file"])  # + wandb, tensorboard
     project: Union[str, None] = None  # wandb project (default: wandb's own)
+    energy: bool = False  # track energy and CO2-eq with codecarbon, offline, on rank 0 (manifest and summary)
+    energy_country: str = "USA"  # ISO 3166 alpha-3 code of where the machine runs: its grid's carbon intensity
 
 
 # ---- eval: after training, the final model is evaluated as `rafale eval` would ------------------------
@@ -466,6 +468,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         need(t.train.min_frequency >= 1, "data.tokenizer.train.min_frequency",
              f"expected a positive integer, got {t.train.min_frequency}")
     _validate_eval(cfg.eval, errors)
+    _validate_logging(cfg.logging, errors)
     for i, name in enumerate(cfg.logging.loggers):
         one_of(name, LOGGERS, f"logging.loggers[{i}]")
         package = LOGGER_PACKAGES.get(name)
@@ -475,6 +478,12 @@ def _validate(cfg: Config, errors: list[str]) -> None:
             need(importlib.util.find_spec(package) is not None, f"logging.loggers[{i}]",
                  f"{name} needs the {package} package, which is not installed; pip install {package}, "
                  f"or drop {name}")
+
+
+def _validate_logging(lg: LoggingConfig, errors: list[str]) -> None:
+    if not re.fullmatch(r"[A-Z]{3}", lg.energy_country):
+        errors.append(f"logging.energy_country: expected an ISO 3166 alpha-3 country code in capitals (USA, "
+                      f"FRA, CAN, ...), got {lg.energy_country!r}")
 
 
 def _validate_eval(e: EvalConfig, errors: list[str]) -> None:

@@ -5,6 +5,7 @@ the run reads. Nothing after it looks at the config to derive these facts again.
 
 What a run will do, in the order it is resolved (each fact once, each check as soon as its facts exist):
 
+    energy     logging.energy: codecarbon can be imported and knows logging.energy_country
     model      the model config: a registry entry with model.overrides, a checkpoint's own shapes
                (model.config: from_weights) or model.hf; the head the pipeline needs; the pipeline and
                the block size must fit it
@@ -39,6 +40,7 @@ from rafale.errors import ConfigError, ModelError
 from rafale.models import CAUSAL_LM_CONFIGS, DecoderConfig, EncoderConfig, model_from_config, resolve_model_config
 from rafale.train import mfu, preflight
 from rafale.train.checkpoints import check_readable, check_same_base
+from rafale.train.energy import check_energy
 from rafale.train.rundir import RunDirState, inspect_run_dir
 
 VOCAB_MULTIPLE = 64  # a from-scratch model's vocabulary is padded to this, for faster matmuls
@@ -91,6 +93,7 @@ def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=prin
     Raises:
         RafaleError: the first problem found, naming the config key or the path.
     """
+    check_energy(cfg)  # logging.energy: codecarbon importable, the country known
     mc = model_config(cfg)
     head = PIPELINE_HEADS[cfg.data.pipeline]
     device = resolve_device(cfg)

@@ -29,6 +29,7 @@ from rafale.files import replace_dir, write_json
 from rafale.train import callbacks as cb
 from rafale.train import guards, preflight
 from rafale.train.checkpoints import harden_composer, latest_checkpoint, unreadable
+from rafale.train.energy import EnergyTracker, summary_line
 from rafale.train.plan import Plan, make_plan
 from rafale.train.rundir import clear_run_dir, run_lock, write_manifest
 from rafale.train.trainer import dataloaders, group_lrs, num_params, trainer_kwargs
@@ -62,8 +63,10 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         progress = cb.RichProgress(stats, console) if "console" in cfg.logging.loggers else None
         if rank0:
             start_run_dir(plan, data, model, say)
+        energy = EnergyTracker(cfg.logging.energy_country) if cfg.logging.energy else None
         trainer = build_trainer(plan, model, data, [stats, *([progress] if progress else []), *file_logger(plan, stats),
-                                                    guards.Guard(rd.checkpoints, cfg.run.save_interval, cfg.optim.lr)])
+                                                    guards.Guard(rd.checkpoints, cfg.run.save_interval, cfg.optim.lr),
+                                                    *([energy] if energy else [])])
         try:
             fit(plan, trainer, data, say)
         finally:
@@ -73,6 +76,8 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         if not rank0:
             return 0
         summary = summarize(plan, trainer, stats, data, model, export_final(model, data, rd.path, plan.lora))
+        if energy is not None:
+            summary["energy"] = energy.summary()
         if has_eval(cfg):
             from rafale.eval.run import evaluate_config
 
@@ -297,6 +302,8 @@ def print_summary(console: Console, s: dict) -> None:
         rows += summary_rows(s["eval"])
     if s.get("group_lrs"):
         rows.append(("peak lr by depth", ", ".join(f"{name} {lr:.3g}" for name, lr in s["group_lrs"].items())))
+    if s.get("energy"):
+        rows.append(("energy", summary_line(s["energy"])))
     rows += [("saved", s["saved"]), ("loss curve", s.get("loss_plot")), ("sample", s["sample"])]
     t = Table(title="run summary", show_header=False, title_justify="left")
     t.add_column(style="bold")
