@@ -45,6 +45,8 @@ class RunConfig:
     seed: int = 42  # seeds model init, data order and dropout
     max_duration: str = "1ep"  # Composer time: 1ep, 500ba, 2000000tok
     eval_interval: str = "100ba"  # how often to evaluate on the held-out split; 0ba = only at the end
+    eval_batches: Union[int, None] = 20  # periodic evaluations take at most this many eval batches; null = all
+    # (the evaluation at the end of the run always covers the whole held-out split, capped by data.eval_max_tokens)
     save_interval: str = "500ba"  # how often to write a checkpoint (the run end always writes one)
     save_num_checkpoints_to_keep: int = 2  # older checkpoints are deleted; -1 keeps all
     log_interval: str = "10ba"  # how often a line goes to metrics.jsonl
@@ -132,6 +134,8 @@ class DataConfig:
     train_batch_size: int = 32  # global batch, in blocks
     eval_batch_size: int = 32
     eval_split: float = 0.05  # fraction of documents held out when the source has no eval split
+    eval_max_tokens: Union[int, None] = 262144  # evaluate on at most this many held-out tokens (whole examples,
+    # evenly spaced through the split, the same at every evaluation); null = all of it
     seed: int = 0  # seeds the held-out split, the shuffle and the synthetic corpus
     # sft: prompt/response pairs; labels are -100 on the prompt and the padding
     prompt_field: str = "prompt"
@@ -450,6 +454,11 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     need(d.train_batch_size > 0, "data.train_batch_size", f"expected a positive integer, got {d.train_batch_size}")
     need(d.eval_batch_size > 0, "data.eval_batch_size", f"expected a positive integer, got {d.eval_batch_size}")
     need(0 <= d.eval_split < 1, "data.eval_split", f"expected a fraction in [0, 1), got {d.eval_split}")
+    if d.eval_max_tokens is not None:
+        need(d.eval_max_tokens >= d.block_size, "data.eval_max_tokens", f"{d.eval_max_tokens} is less than one "
+             f"example of data.block_size {d.block_size}; expected at least {d.block_size}, or null for no cap")
+    if r.eval_batches is not None:
+        need(r.eval_batches > 0, "run.eval_batches", f"expected a positive integer or null (all), got {r.eval_batches}")
     need(0 < d.mlm_probability < 1, "data.mlm_probability", f"expected a fraction in (0, 1), got {d.mlm_probability}")
     if d.labels is not None:
         need(len(d.labels) >= 2 and len(set(d.labels)) == len(d.labels), "data.labels",

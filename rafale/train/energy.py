@@ -4,11 +4,11 @@
     energy = EnergyTracker(country="USA")   # a Composer callback; rank 0 measures, the others do nothing
     energy.summary()                        # {"kwh": ..., "kg_co2eq": ..., "method": "cpu_load"}
 
-codecarbon's OfflineEmissionsTracker runs from fit start to fit end (or an interrupt) in "process" mode:
-it counts this process's share of the CPU, the RAM it holds and, on NVIDIA GPUs, their power read by
-NVML. It writes no file (no emissions.csv) and calls nothing on the network: the carbon intensity is the
-country's yearly average from codecarbon's own tables. Each checkpoint stores the energy so far, so a
-resumed run adds its segments together.
+codecarbon's OfflineEmissionsTracker runs from fit start to the trainer's close (after the final evaluation,
+or an interrupt) in "process" mode: it counts this process's share of the CPU, the RAM it holds and, on
+NVIDIA GPUs, their power read by NVML. It writes no file (no emissions.csv) and calls nothing on the
+network: the carbon intensity is the country's yearly average from codecarbon's own tables. Each
+checkpoint stores the energy so far, so a resumed run adds its segments together.
 
 How the CPU's power is known decides how much to trust the figure: with RAPL counters (Intel and AMD on
 Linux, when readable) it is measured; without them codecarbon estimates it from the process's CPU load
@@ -72,7 +72,7 @@ class _Totals:
 
 
 class EnergyTracker(Callback):
-    """Tracks energy on rank 0 from fit start to fit end; earlier segments of a resumed run come from the
+    """Tracks energy on rank 0 from fit start to the trainer's close; earlier segments of a resumed run come from the
     checkpoint (`state_dict`)."""
 
     def __init__(self, country: str):
@@ -96,10 +96,7 @@ class EnergyTracker(Callback):
         self._tracker.start()
         self.method = cpu_method(self._tracker)
 
-    def fit_end(self, state: State, logger: Logger) -> None:
-        self.stop()
-
-    def close(self, state: State, logger: Logger) -> None:  # an interrupted or failed fit ends here too
+    def close(self, state: State, logger: Logger) -> None:  # after the final evaluation, or an interrupt
         self.stop()
 
     def stop(self) -> None:

@@ -32,7 +32,7 @@ from rafale.train.checkpoints import harden_composer, latest_checkpoint, unreada
 from rafale.train.energy import EnergyTracker, summary_line
 from rafale.train.plan import Plan, make_plan
 from rafale.train.rundir import clear_run_dir, run_lock, write_manifest
-from rafale.train.trainer import dataloaders, group_lrs, num_params, trainer_kwargs
+from rafale.train.trainer import dataloaders, eval_indices, final_eval, group_lrs, num_params, trainer_kwargs
 
 
 def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Console | None = None) -> int:
@@ -69,6 +69,7 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
                                                     *([energy] if energy else [])])
         try:
             fit(plan, trainer, data, say)
+            final_eval(trainer)
         finally:
             if progress:
                 progress.stop()
@@ -240,8 +241,8 @@ def export_final(model, data: PreparedData, run_dir: Path, lora=None) -> Path:
     return final
 
 
-def unigram_eval_loss(data: PreparedData) -> float | None:
-    """Cross-entropy of a unigram model (add-one smoothed train counts) on the eval targets (causal_lm only)."""
+def unigram_eval_loss(data: PreparedData, max_tokens: int | None = None) -> float | None:
+    """Cross-entropy of a unigram model (add-one smoothed train counts) on the evaluated targets (causal_lm only)."""
     if data.meta["pipeline"] != "causal_lm":
         return None
     train, evals = data.dataset("train"), data.dataset("eval")
@@ -249,8 +250,22 @@ def unigram_eval_loss(data: PreparedData) -> float | None:
         return None
     counts = train.unigram_counts(data.tokenizer.vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
-    targets = np.asarray(evals.tokens).reshape(-1, evals.block_size)[:, 1:]  # what the model is scored on
+    blocks = np.asarray(evals.tokens).reshape(-1, evals.block_size)
+    targets = blocks[list(eval_indices(len(blocks), max_tokens, evals.block_size)), 1:]  # what the model is scored on
     return float(-logp[targets].mean())
+
+
+def held_out(plan: Plan, data: PreparedData) -> dict | None:
+    """How much of the held-out split the final evaluation covered (data.eval_max_tokens), and the periodic cap."""
+    cfg, split = plan.cfg, data.meta.get("splits", {}).get("eval", {})
+    n = split.get("examples", split.get("blocks", 0))
+    if not n:
+        return None
+    k = len(eval_indices(n, cfg.data.eval_max_tokens, cfg.data.block_size))
+    out = {"examples": n, "evaluated_examples": k, "periodic_batches": cfg.run.eval_batches}
+    if "tokens" in split and "blocks" in split:  # causal_lm: every example is one whole block
+        out |= {"tokens": split["blocks"] * cfg.data.block_size, "evaluated_tokens": k * cfg.data.block_size}
+    return out
 
 
 def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model, final: Path) -> dict:
@@ -271,7 +286,8 @@ def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model
     return {"steps": ts.batch.value, "tokens": ts.token.value, "train_loss": stats.train_loss,
             "eval_loss": stats.eval_loss, "eval_perplexity": stats.eval_ppl,
             **{f"eval_{k}": v for k, v in stats.eval_extra.items()},
-            "unigram_eval_loss": unigram_eval_loss(data), "tokens_per_second": round(tps, 1),
+            "unigram_eval_loss": unigram_eval_loss(data, cfg.data.eval_max_tokens), "held_out": held_out(plan, data),
+            "tokens_per_second": round(tps, 1),
             "train_seconds": round(stats.train_seconds, 2), **mfu, "saved": str(final), "sample": sample,
             **({"group_lrs": lrs} if (lrs := peak_lrs(trainer)) else {})}
 
@@ -290,6 +306,12 @@ def print_summary(console: Console, s: dict) -> None:
         rows.append(("eval perplexity", f"{s['eval_perplexity']:.2f}"))
     rows += [(key.replace("_", " "), f4(key)) for key in ("eval_accuracy", "eval_masked_accuracy")
              if s.get(key) is not None]
+    if s.get("held_out"):
+        h = s["held_out"]
+        tokens = f" ({h['evaluated_tokens']:,} of {h['tokens']:,} tokens)" if "tokens" in h else ""
+        periodic = f"; periodic evaluations {h['periodic_batches']} batches" if h["periodic_batches"] else ""
+        rows.append(("evaluated on", f"{h['evaluated_examples']:,} of {h['examples']:,} held-out examples{tokens}"
+                                     f"{periodic}"))
     if s["unigram_eval_loss"] is not None:
         rows.append(("unigram eval loss", f4("unigram_eval_loss") + "  (a model that ignores context)"))
     rows.append(("throughput", f"{s['tokens_per_second']:,.0f} tokens/s"))

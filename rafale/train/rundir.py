@@ -35,7 +35,7 @@ from rafale.train.checkpoints import LATEST
 RESUMABLE_CHANGES = ("run.max_duration", "run.eval_interval", "run.save_interval", "run.log_interval",
                      "run.save_num_checkpoints_to_keep", "run.sample_prompt", "run.sample_tokens",
                      "run.device", "run.device_batch_size", "logging.loggers", "logging.project",
-                     "logging.energy", "logging.energy_country")
+                     "logging.energy", "logging.energy_country", "run.eval_batches", "data.eval_max_tokens")
 LOCK = "run.lock"
 
 
