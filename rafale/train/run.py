@@ -251,7 +251,8 @@ def unigram_eval_loss(data: PreparedData, max_tokens: int | None = None) -> floa
     counts = train.unigram_counts(data.tokenizer.vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
     blocks = np.asarray(evals.tokens).reshape(-1, evals.block_size)
-    targets = blocks[list(eval_indices(len(blocks), max_tokens, evals.block_size)), 1:]  # what the model is scored on
+    idx = eval_indices(len(blocks), max_tokens, evals.block_size)
+    targets = (blocks if isinstance(idx, range) else blocks[idx])[:, 1:]  # what the model is scored on
     return float(-logp[targets].mean())
 
 
