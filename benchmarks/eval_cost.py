@@ -25,8 +25,8 @@ def write_corpus(path: Path, mb: float) -> int:
     from rafale.data.synthetic import load_synthetic
 
     stories, size, seed = [], 0, 0
-    while size < mb * 1e6:
-        batch = load_synthetic("stories", n=5000, seed=seed)
+    while size < mb * 1e6:  # ~630 characters a story
+        batch = load_synthetic("stories", n=min(5000, int((mb * 1e6 - size) / 600) + 1), seed=seed)
         stories += batch
         size += sum(len(s) + 2 for s in batch)
         seed += 1
@@ -74,7 +74,8 @@ def main():
             fn()
             return round(time.perf_counter() - t, 2)
 
-        tokens_per_batch = cfg.data.eval_batch_size * cfg.data.block_size
+        periodic = min(cfg.run.eval_batches, len(eval_dl))
+        periodic_examples = min(periodic * cfg.data.eval_batch_size, len(eval_dl.dataset))
         train_s = timed(trainer.fit)
         periodic_s = timed(lambda: trainer.eval(subset_num_batches=cfg.run.eval_batches))
         final_s = timed(lambda: final_eval(trainer))
@@ -86,8 +87,8 @@ def main():
             "corpus_mb": args.mb, "documents": n_docs, "model": args.model, "prepare_s": round(prepare_s, 1),
             "held_out": held_out(plan, data),
             "train": {"batches": args.steps, "seconds": train_s},
-            "periodic_eval": {"batches": min(cfg.run.eval_batches, len(eval_dl)),
-                              "tokens": min(cfg.run.eval_batches, len(eval_dl)) * tokens_per_batch, "seconds": periodic_s},
+            "periodic_eval": {"batches": periodic, "tokens": periodic_examples * cfg.data.block_size,
+                              "seconds": periodic_s},
             "final_eval": {"batches": len(eval_dl), "tokens": len(eval_dl.dataset) * cfg.data.block_size,
                            "seconds": final_s},
             "uncapped_eval": {"batches": len(whole), "tokens": len(whole.dataset) * cfg.data.block_size,

@@ -34,6 +34,7 @@ def test_train_benchmark_compares_three_ways():
     ("generate.py", ["--repeats", "1", "--long", "64"], ["b1", "b8", "long"]),
     ("eval.py", ["--mc", "8", "--ppl", "2", "--repeats", "1"], ["bench_mc", "bench_ppl"]),
     ("lora.py", ["--model", "pythia-tiny", "--seq", "32", "--batch", "2", "--steps", "1"], ["full", "lora", "lora_vs_full"]),
+    ("eval_cost.py", ["--mb", "0.05", "--steps", "1"], ["train", "periodic_eval", "final_eval", "uncapped_eval"]),
 ])
 def test_benchmark_prints_its_figures(script, args, keys):
     line = bench(script, *args)
