@@ -166,8 +166,8 @@ class DecodeStep:
             qk = qkv[:, :nh + nkv]
             qk = qk * cos + qk.index_select(-1, self.rope_perm) * sin  # rope on q and k heads together
             k_all, v_all = k_cache[i], v_cache[i]  # (B, nkv, L, hs)
-            k_all.index_copy_(2, at, qk[:, nh:, None])
-            v_all.index_copy_(2, at, qkv[:, nh + nkv:, None])
+            k_all.index_copy_(2, at, qk[:, nh:, None].to(k_all.dtype))  # .to: a no-op but under autocast
+            v_all.index_copy_(2, at, qkv[:, nh + nkv:, None].to(v_all.dtype))
             q = qk[:, :nh].view(B, nkv, nh // nkv, hs)  # each kv head's query group in place of positions
             y = F.scaled_dot_product_attention(q, k_all.narrow(2, 0, n_keys), v_all.narrow(2, 0, n_keys),
                                                attn_mask=mask)

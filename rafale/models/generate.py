@@ -317,12 +317,15 @@ def generate_texts(
     on_text: Optional[Callable[[int, str], None]] = None,
     on_row_done: Optional[Callable[[int], None]] = None,
     stats: Optional[Stats] = None,
+    compiled: Optional[bool] = None,
 ) -> list[Completion]:
     """Complete every prompt (`tok` is a TokenizerInfo), `batch_size` prompts at a time.
 
     A completion ends at EOS (not included in its text), at the first of the `stop` strings (cut off
     there) or after max_new_tokens. `on_text(i, piece)` receives prompt i's completion text as it grows
     (the pieces add up to the final text); `on_row_done(i)` is called once per finished prompt.
+    `compiled` is generate()'s; by default the decoding step is compiled when all the batches' steps
+    together pay for it (many prompts, long completions).
     """
     stop = [s for s in stop if s]
     encoded = encode_prompts(model, tok, prompts)
@@ -342,8 +345,10 @@ def generate_texts(
         def is_done(_row: int, ids: list[int]) -> bool:
             return _cut_at_stop(text_of(ids), stop) is not None
 
+        batches_left = -(-(len(prompts) - start) // batch_size)
         steps = generate(model, [encoded[i] for i in rows], max_new_tokens, sampling=sampling,
-                         eos_id=tok.eos_id, seed=seed, pad_id=pad, is_done=is_done if stop else None)
+                         eos_id=tok.eos_id, seed=seed, pad_id=pad, is_done=is_done if stop else None,
+                         compiled=compiled, planned_steps=batches_left * max_new_tokens)
         t0 = time.perf_counter()
         for n_step, out in enumerate(steps):
             if n_step == 0:  # the first tokens come out of the prompt's forward pass
