@@ -54,6 +54,20 @@ class Weights:
         self.w_down, self.b_down = mat(mlp.down_proj), mlp.down_proj.bias
 
 
+def pack_head(weight: torch.Tensor) -> Optional[torch.Tensor]:
+    """The output head (V, C) in oneDNN's prepacked layout, or None where there is none (not a CPU fp32
+    weight, no oneDNN). For a few rows (2-16) it is 2-4x faster than any matmul layout here (pythia-14m
+    head, 8 rows: 0.3 vs 0.9-1.1 ms) and gives the same logits to rounding; for one row it is no faster."""
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8)
+        torch.ops.mkldnn._linear_pointwise(weight.new_zeros(2, weight.size(1)), packed, None, "none", [None], "")
+        return packed
+    except (AttributeError, RuntimeError):  # a torch without these ops: the matmul serves
+        return None
+
+
 def linear(x, w, b):
     return torch.addmm(b, x, w) if b is not None else x @ w
 
@@ -84,6 +98,7 @@ class DecodeStep:
         copy = model.lm_head.weight.device.type == "cpu" and n_bytes <= WEIGHT_COPY_MAX_BYTES
         self.layers = [Weights(block, copy) for block in model.blocks]
         self.head = model.lm_head.weight.t().contiguous() if copy else model.lm_head.weight.t()
+        self.head_packed = pack_head(model.lm_head.weight) if copy else None
         self.versions = self._versions(model)
         self.compiled = None
         self.caches: dict[tuple, KVCache] = {}
@@ -179,7 +194,10 @@ class DecodeStep:
             else:
                 u = F.gelu(linear(u, w.w_up, w.b_up))
             x = (x + a if c.parallel_residual else h) + linear(u, w.w_down, w.b_down)
-        return norm(x, self.final_norm) @ self.head
+        x = norm(x, self.final_norm)
+        if B > 1 and self.head_packed is not None and x.dtype == torch.float32:
+            return torch.ops.mkldnn._linear_pointwise(x, self.head_packed, None, "none", [None], "")
+        return x @ self.head
 
 
 _STEPS: "weakref.WeakKeyDictionary[Decoder, DecodeStep]" = weakref.WeakKeyDictionary()
