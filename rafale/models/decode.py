@@ -81,8 +81,8 @@ def norm(x, module):
 class DecodeStep:
     """Logits (B, V) of one new token per row, written into `cache` at its position.
 
-        step = DecodeStep(model, cache)            # after the prompt filled cache up to cache.pos
-        logits = step(tokens, positions, key_mask) # tokens (B,); see __call__
+        step = DecodeStep.for_model(model)
+        logits = step(cache, tokens, positions, key_mask)   # after the prompt filled cache up to cache.pos
 
     Built once per model and reused (`for_model`): the weight copies and a compiled graph outlive one
     generation. `compile()` switches to the fixed-shape compiled form; a compiler that fails prints one
@@ -91,7 +91,7 @@ class DecodeStep:
 
     def __init__(self, model: Decoder):
         c = model.config
-        self.config, self.params = c, list(model.parameters())  # not the model: _STEPS holds it weakly
+        self.config = c  # tensors and modules of the model, never the model: _STEPS holds it weakly
         self.wte, self.final_norm = model.wte.weight, model.norm
         self.rope_cos, self.rope_sin, self.rope_perm = model.rope_cos, model.rope_sin, model.rope_perm
         n_bytes = sum(p.nbytes for p in model.blocks.parameters()) + model.lm_head.weight.nbytes
