@@ -10,7 +10,7 @@ import torch
 from rafale.errors import ConfigError
 from rafale.models import Decoder, DecoderConfig, from_pretrained
 from rafale.models.decode import DecodeStep
-from rafale.models.generate import Sampling, generate, sample
+from rafale.models.generate import Sampling, compile_pays, generate, sample
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig  # noqa: E402
@@ -175,3 +175,13 @@ def test_compiled_decoding_gives_the_eager_tokens_and_falls_back_without_a_compi
     assert out == tokens(other, PROMPTS, 6, compiled=False)
     warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warnings == ["warning: compiling the decoding step failed (InductorError); decoding eagerly"]
+
+
+def test_the_step_is_compiled_only_where_the_planned_steps_pay_for_it():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not compile_pays(cpu, step_s=0.01, steps_left=10**6)  # measured no faster on CPU
+    assert not compile_pays(cuda, step_s=0.001, steps_left=256)  # a short generation
+    assert compile_pays(cuda, step_s=0.001, steps_left=200_000)  # eval's many prompts, long completions
+    model = Decoder(DecoderConfig(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16, max_seq_len=64)).eval()
+    tokens(model, PROMPTS, 20, planned_steps=10**6)
+    assert DecodeStep.for_model(model).compiled is None  # auto on CPU: eager, nothing compiled
