@@ -321,6 +321,8 @@ class Decoder(nn.Module):
         """
         if self.config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        if self.wte.weight.is_meta:  # shapes only (models/meta.py): the tables come after to_empty()
+            return
         self.rope_cos, self.rope_sin, self.rope_perm = rope_tables(self.config, device=self.wte.weight.device)
 
     @torch.no_grad()

@@ -306,6 +306,8 @@ class RetNet(nn.Module):
         c, device = self.config, self.wte.weight.device
         if c.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        if device.type == "meta":  # shapes only (models/meta.py): the tables come after to_empty()
+            return
         self.rope_cos, self.rope_sin = rotary_tables(c.head_dim, c.max_seq_len, c.rope_theta, device)
         self.log_gamma = log_gammas(c.n_head, device)
 
