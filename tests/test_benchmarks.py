@@ -31,7 +31,8 @@ def test_train_benchmark_compares_three_ways():
 
 @pytest.mark.parametrize("script,args,keys", [
     ("datapipe.py", ["--mb", "0.3"], ["naive_tok_s", "encode_batch_tok_s", "rafale_tok_s", "rafale_peak_rss_mb"]),
-    ("generate.py", ["--repeats", "1", "--long", "64"], ["b1", "b8", "long"]),
+    ("generate.py", ["--repeats", "1", "--long", "64", "--command-tokens", "8", "--command-repeats", "1"],
+     ["b1", "b8", "command", "long"]),
     ("eval.py", ["--mc", "8", "--ppl", "2", "--repeats", "1"], ["bench_mc", "bench_ppl"]),
     ("lora.py", ["--model", "pythia-tiny", "--seq", "32", "--batch", "2", "--steps", "1"], ["full", "lora", "lora_vs_full"]),
 ])
@@ -41,7 +42,7 @@ def test_benchmark_prints_its_figures(script, args, keys):
     if script == "lora.py":
         assert line["lora_vs_full"]["optimizer_state"] < 0.02
     if script == "generate.py":
-        assert line["b1"]["same_tokens"] and line["b8"]["same_tokens"]
+        assert line["b1"]["same_tokens"] and line["b8"]["same_tokens"] and line["command"]["same_text"]
         assert set(line["long"]) == {"steps", "transformer", "retnet"}
     if script == "eval.py":
         assert line["bench_mc"]["same_metrics"] and line["bench_ppl"]["same_metrics"]
