@@ -47,3 +47,12 @@ def test_benchmark_prints_its_figures(script, args, keys):
         assert set(line["long"]) == {"steps", "transformer", "retnet"}
     if script == "eval.py":
         assert line["bench_mc"]["same_metrics"] and line["bench_ppl"]["same_metrics"]
+
+
+def test_gpu_benchmark_without_cuda_says_so_in_one_line():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py")], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stdout == "" and p.stderr.count("\n") == 1 and p.stderr.startswith("error: "), p.stderr
+    assert "CUDA" in p.stderr and "--cpu-smoke" in p.stderr
