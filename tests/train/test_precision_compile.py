@@ -162,15 +162,16 @@ def test_compile_auto_pays_back_from_the_recorded_figures(tok300, cache):
 
 
 def test_bf16_training_stays_close_to_fp32(tok300, one_thread):
-    """200 steps of a tiny decoder on learnable sequences. bf16 keeps 8 bits of mantissa (a relative rounding
-    of 2^-9 per operation) and the two runs drift apart step by step, so the test asks for the same
-    learning, not the same numbers: the last 20 steps' mean loss within 5% (or 0.05 nats) of fp32's, after
-    both fell to under a third of where they started."""
-    fp32 = _fit(_cfg(tok300, precision="fp32", max_duration="200ba"), 200)
-    bf16 = _fit(_cfg(tok300, precision="amp_bf16", max_duration="200ba"), 200)
-    end32, end16 = sum(fp32[-20:]) / 20, sum(bf16[-20:]) / 20
-    assert end32 < fp32[0] / 3 and end16 < bf16[0] / 3, (fp32[0], end32, bf16[0], end16)
-    assert end16 == pytest.approx(end32, rel=0.05, abs=0.05), (end32, end16)
+    """A bf16 CPU step through Composer, 80 of them, next to fp32: a tiny decoder on learnable sequences
+    (benchmarks/precision.py compares a few hundred steps of a real run). bf16 keeps 8 bits of mantissa (a
+    relative rounding of 2^-9 per operation) and the two runs drift apart step by step, so the test asks for
+    the same learning, not the same numbers: the last 10 steps' mean loss within 3% of fp32's, after both
+    fell by more than a third."""
+    fp32 = _fit(_cfg(tok300, precision="fp32"), 80)
+    bf16 = _fit(_cfg(tok300, precision="amp_bf16"), 80)
+    end32, end16 = sum(fp32[-10:]) / 10, sum(bf16[-10:]) / 10
+    assert end32 < fp32[0] * 2 / 3 and end16 < bf16[0] * 2 / 3, (fp32[0], end32, bf16[0], end16)
+    assert end16 == pytest.approx(end32, rel=0.03), (end32, end16)
     assert bf16[0] == pytest.approx(fp32[0], rel=0.01)  # the same model and data at step 1
     assert bf16 != fp32  # it did train in bf16
 
@@ -181,13 +182,13 @@ def test_a_failing_compiler_warns_once_and_trains_eagerly(tok300, capfd, monkeyp
     import torch._dynamo
     import torch._inductor.config as inductor_config
 
-    cfg = _cfg(tok300, precision="fp32", compile=True, max_duration="3ba")
-    eager = _fit(cfg, 3, compile=False)
+    cfg = _cfg(tok300, precision="fp32", compile=True)
+    eager = _fit(cfg, 2, compile=False)
     monkeypatch.setattr(compiling, "COMPILE_FAILED", False)
     torch._dynamo.reset()
     try:
         with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False}):
-            compiled = _fit(cfg, 3, compile=True)
+            compiled = _fit(cfg, 2, compile=True)
     finally:
         torch._dynamo.reset()
     err = capfd.readouterr().err
