@@ -23,7 +23,7 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-CONFIG_SECTIONS = ("run.", "optim.", "model.", "data.", "logging.", "eval.")
+CONFIG_SECTIONS = ("run.", "optim.", "model.", "data.", "logging.", "eval.", "sweep.")
 
 
 def _flag(name: str) -> bool:
@@ -56,6 +56,32 @@ def run(
             raise type(e)(f"{cfg.source_path}: {e}") from e
         raise
     raise typer.Exit(code)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def sweep(
+    config: Path = typer.Option(..., "-c", "--config", help="The experiment's YAML config (its sweep: section too)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Dotted key=value overrides for every point."),
+    grid: Optional[List[str]] = typer.Option(None, "--grid", help="KEY=V1,V2,... (repeatable); the points are the "
+                                                                  "product of the grids."),
+    random: Optional[int] = typer.Option(None, "--random", help="Run N points drawn from the grid."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seeds --random (default: sweep.seed, 0)."),
+    name: Optional[str] = typer.Option(None, "--name", help="sweeps/NAME and <output_dir>/NAME (default: run.name)."),
+    launcher: str = typer.Option("inprocess", "--launcher", help="inprocess, or torchrun: each point under "
+                                                                 "torch.distributed.run."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="torchrun: processes per point."),
+    point: Optional[int] = typer.Option(None, "--point", min=0, help="Run only point K (0-based, as --list shows; "
+                                                                     "one Slurm array task each)."),
+    list_: bool = typer.Option(False, "--list", help="List the points and exit; nothing runs."),
+):
+    """Train one run per point of a grid; sweeps/NAME/results.csv and results.png compare them."""
+    from rafale.sweep import plan_sweep, print_points, run_sweep
+
+    plan = plan_sweep(config, grid or [], overrides or [], random=random, seed=seed, name=name)
+    if list_:
+        print_points(console, plan)
+        raise typer.Exit(0)
+    raise typer.Exit(run_sweep(plan, launcher=launcher, nproc=nproc, point=point, console=console))
 
 
 @app.command()

@@ -165,6 +165,15 @@ class EvalConfig:
     batch_size: int = 8  # rows per forward pass
 
 
+# ---- sweep: the grid `rafale sweep` trains one run per point of (`rafale run` ignores it) -----------------
+@dataclass
+class SweepConfig:
+    grid: dict = field(default_factory=dict)  # dotted config key -> list of values, e.g. {optim.lr: [1.0e-3, 3.0e-3]}
+    random: Union[int, None] = None  # draw this many points of the grid (reproducibly, from seed); null = all
+    seed: int = 0  # seeds the random draw
+    name: Union[str, None] = None  # sweeps/<name>/ and <output_dir>/<name>/<point>/; null = run.name
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -173,6 +182,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     source_path: str = field(default="<defaults>", compare=False, repr=False)  # not a config key
 
     def to_dict(self) -> dict:
@@ -467,6 +477,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         need(t.train.min_frequency >= 1, "data.tokenizer.train.min_frequency",
              f"expected a positive integer, got {t.train.min_frequency}")
     _validate_eval(cfg.eval, errors)
+    _validate_sweep(cfg.sweep, errors)
     for i, name in enumerate(cfg.logging.loggers):
         one_of(name, LOGGERS, f"logging.loggers[{i}]")
         package = LOGGER_PACKAGES.get(name)
@@ -491,6 +502,17 @@ def _validate_eval(e: EvalConfig, errors: list[str]) -> None:
         errors.append(f"eval.context: expected 0 or more, got {e.context}")
     if e.data is not None and not (e.data if isinstance(e.data, list) else [e.data]):
         errors.append("eval.data: expected a data source (as data.source takes), got an empty list")
+
+
+def _validate_sweep(s: SweepConfig, errors: list[str]) -> None:
+    """Shapes only; rafale/sweep/points.py checks that grid keys are config keys and every point is valid."""
+    for key, values in s.grid.items():
+        if not isinstance(values, list) or not values:
+            errors.append(f"sweep.grid.{key}: expected a non-empty list of values, got {_show(values)}")
+    if s.random is not None and s.random < 1:
+        errors.append(f"sweep.random: expected a positive integer, got {s.random}")
+    if s.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", s.name):
+        errors.append(f"sweep.name: {s.name!r} must be a plain directory name (letters, digits, '_', '-', '.')")
 
 
 def _time(value: str) -> tuple[float, str] | None:

@@ -142,6 +142,24 @@ CASES = [
     C("eval-encoder-generation-task", "eval encoder_model --tasks local_gen --include-path {w}/tasks",
       "holds an encoder (bert)"),
     C("eval-nothing-to-do", "eval {w}/tiny", "give --data SOURCE"),
+    # ---- sweep: every point is checked before the first one runs --------------------------------------
+    C("sweep-no-grid", "sweep -c micro.yaml", "sweep: no grid; give --grid KEY=V1,V2"),
+    C("sweep-unknown-grid-key", "sweep -c micro.yaml --grid optim.lrr=1e-3,3e-3",
+      "--grid optim.lrr: not a config key; did you mean optim.lr"),
+    C("sweep-bad-grid-value", "sweep -c micro.yaml --grid optim.lr=1e-3,fast",
+      "micro.yaml: point 1 lr-fast: optim.lr: expected a number, got 'fast'"),
+    C("sweep-random-more-than-grid", "sweep -c micro.yaml --grid optim.lr=1e-3,3e-3 --random 3",
+      "--random 3: the grid has 2 points"),
+    C("sweep-retnet-heads-not-dividing", "sweep -c micro.yaml --grid model.config=retnet-14m "
+      "--grid model.overrides.n_head=4,3", "point 1 config-retnet-14m_n_head-3: model.overrides: RetNetConfig "
+      "'retnet-14m': n_embd 64 is not divisible by n_head 3"),
+    C("sweep-retnet-chunk-size", "sweep -c micro.yaml --grid model.config=retnet-14m "
+      "--grid model.overrides.chunk_size=64,0", "chunk_size must be positive, got 0"),
+    C("sweep-grid-not-a-list", "sweep -c sweep_scalar.yaml", "sweep.grid.optim.lr: expected a non-empty list"),
+    C("sweep-point-out-of-range", "sweep -c micro.yaml --grid optim.lr=1e-3,3e-3 --point 2",
+      "--point 2: the sweep has 2 points, 0 to 1"),
+    C("sweep-unknown-launcher", "sweep -c micro.yaml --grid optim.lr=1e-3,3e-3 --launcher slurm",
+      "--launcher slurm: expected one of inprocess, torchrun"),
     # ---- the command line itself --------------------------------------------------------------------
     C("cli-no-such-command", "trian -c micro.yaml", "No such command 'trian'"),
     C("cli-run-without-config", "run", "Missing option '-c' / '--config'"),
@@ -171,6 +189,7 @@ def w(tmp_path_factory):
     (w / "list.yaml").write_text("- run\n- data\n")
     (w / "latin1.yaml").write_bytes("run: {name: caf\xe9}\n".encode("latin-1"))
     (w / "unknown_section.yaml").write_text(MICRO + "trainer: {x: 1}\n")
+    (w / "sweep_scalar.yaml").write_text(MICRO + "sweep: {grid: {optim.lr: 0.001}}\n")
     (w / "afile").write_text("a file where a directory should be\n")
     (w / "afull").mkdir()
     (w / "afull" / "keep.txt").write_text("the user's\n")

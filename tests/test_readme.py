@@ -10,7 +10,8 @@ from rafale.cli import app
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 SECTIONS = {"run": C.RunConfig, "optim": C.OptimConfig, "model": C.ModelConfig, "data": C.DataConfig,
-            "logging": C.LoggingConfig, "eval": C.EvalConfig}
+            "logging": C.LoggingConfig, "eval": C.EvalConfig,
+            "sweep": C.SweepConfig}
 
 
 @pytest.mark.parametrize("section", SECTIONS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import pickle
 import re
 import shutil
@@ -259,6 +260,20 @@ def unigram_eval_loss(data: PreparedData) -> float | None:
     return float(-logp[targets].mean())
 
 
+def eval_bits_per_byte(data: PreparedData, eval_loss: float | None, max_tokens: int = 1 << 20) -> float | None:
+    """The eval loss in bits per UTF-8 byte (causal_lm only): nats per target token times the eval split's
+    tokens per byte, which decoding the targets of its first `max_tokens` tokens measures. End-of-text
+    tokens count in the loss but add no bytes, as in `rafale eval --data`'s scoring of documents."""
+    evals = data.dataset("eval") if data.meta["pipeline"] == "causal_lm" and eval_loss is not None else None
+    if evals is None:
+        return None
+    n = max(1, min(len(evals), max_tokens // evals.block_size)) * evals.block_size
+    targets = np.asarray(evals.tokens[:n]).reshape(-1, evals.block_size)[:, 1:]
+    texts = data.tokenizer.tokenizer.decode_batch(targets.tolist(), skip_special_tokens=True)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    return eval_loss * targets.size / (math.log(2) * n_bytes) if n_bytes else None
+
+
 def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model, final: Path) -> dict:
     from rafale.models import CAUSAL_LMS
     from rafale.models.generate import complete
@@ -277,6 +292,7 @@ def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model
     return {"steps": ts.batch.value, "tokens": ts.token.value, "precision": plan.precision,
             **({"precision_why": plan.precision_why} if plan.precision_why else {}), "train_loss": stats.train_loss,
             "eval_loss": stats.eval_loss, "eval_perplexity": stats.eval_ppl,
+            "eval_bits_per_byte": eval_bits_per_byte(data, stats.eval_loss),
             **{f"eval_{k}": v for k, v in stats.eval_extra.items()},
             "unigram_eval_loss": unigram_eval_loss(data), "tokens_per_second": round(tps, 1),
             "train_seconds": round(stats.train_seconds, 2), **mfu, "saved": str(final), "sample": sample,
@@ -295,6 +311,8 @@ def print_summary(console: Console, s: dict) -> None:
             ("eval loss", f4("eval_loss"))]
     if s["eval_perplexity"] is not None:
         rows.append(("eval perplexity", f"{s['eval_perplexity']:.2f}"))
+    if s.get("eval_bits_per_byte") is not None:
+        rows.append(("eval bits per byte", f4("eval_bits_per_byte")))
     rows += [(key.replace("_", " "), f4(key)) for key in ("eval_accuracy", "eval_masked_accuracy")
              if s.get(key) is not None]
     if s["unigram_eval_loss"] is not None:

@@ -77,7 +77,8 @@ def inspect_run_dir(cfg: Config, force: bool) -> RunDirState:
         return RunDirState(path)
     old, new = _flatten(yaml.safe_load((path / "config.yaml").read_text())), _flatten(cfg.to_dict())
     differ = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
-    changed = sorted(k for k in differ - set(RESUMABLE_CHANGES) if not k.startswith("eval."))  # eval: after training
+    changed = sorted(k for k in differ - set(RESUMABLE_CHANGES)
+                     if not k.startswith(("eval.", "sweep.")))  # eval: after training; sweep: not the run's
     if changed:
         raise RunStateError(f"{path}: cannot resume: the config changed in {', '.join(changed)}; "
                             f"restore them, or FORCE=1 to start over")
