@@ -51,12 +51,12 @@ class RunConfig:
     save_num_checkpoints_to_keep: int = 2  # older checkpoints are deleted; -1 keeps all
     log_interval: str = "10ba"  # how often a line goes to metrics.jsonl
     device_batch_size: Union[int, str] = "auto"  # microbatch per device; auto = the whole batch on CPU
-    precision: str = "auto"  # auto = amp_bf16 on a GPU that supports it, fp32 elsewhere
+    precision: str = "auto"  # auto = amp_bf16 on a GPU or CPU with fast bf16 matmuls, fp32 elsewhere
     device: str = "auto"  # auto = gpu when CUDA is available, else cpu
     output_dir: str = "runs"
     sample_prompt: str = "Once upon a time"  # the end-of-run greedy sample starts here
     sample_tokens: int = 48
-    compile: bool = False  # torch.compile the model (through Composer's compile_config)
+    compile: Union[bool, str] = "auto"  # torch.compile the model; auto = when the run is long enough to pay it back
     fsdp: Union[dict, None] = None  # GPUs only: Composer FSDP settings, e.g. {sharding_strategy: FULL_SHARD}
 
 
@@ -414,6 +414,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
              f"{r.device_batch_size} is larger than data.train_batch_size {d.train_batch_size}")
     one_of(r.precision, PRECISIONS, "run.precision")
     one_of(r.device, DEVICES, "run.device")
+    need(r.compile in (True, False, "auto"), "run.compile", f"expected true, false or auto, got {_show(r.compile)}")
     need(r.sample_tokens >= 0, "run.sample_tokens", f"expected 0 or more, got {r.sample_tokens}")
 
     one_of(o.name, OPTIMIZERS, "optim.name")

@@ -21,12 +21,13 @@ def bench(script: str, *args: str) -> dict:
 
 
 def test_train_benchmark_compares_three_ways():
-    line = bench("train.py", "--steps", "1", "--warmup", "0", "--vocabs", "512")
-    for run in ("tuned", "untuned"):  # with and without the CLI's malloc tuning
-        for way in ("composer", "plain", "hf"):
-            assert line[run][f"{way}_512_tok_s"] > 0
-    assert set(line["ratio_512"]) == {"composer_vs_plain", "composer_vs_hf", "composer_vs_hf_default_malloc",
-                                      "malloc_tuning_composer"}
+    line = bench("train.py", "--steps", "1", "--warmup", "0", "--vocabs", "512", "--threads", "1")
+    for way in ("composer", "plain", "hf"):
+        assert line["untuned"][f"{way}_fp32_512_tok_s"] > 0  # transformers' loop as a user runs it: glibc malloc
+        for precision in ("fp32", "bf16"):  # the same precision on both sides, with the CLI's malloc tuning
+            assert line["tuned"][f"{way}_{precision}_512_tok_s"] > 0
+    assert set(line["ratio_512"]) == {"composer_vs_plain_fp32", "composer_vs_hf_fp32", "composer_vs_plain_bf16",
+                                      "composer_vs_hf_bf16", "malloc_tuning_composer_fp32", "default_vs_hf_default"}
 
 
 @pytest.mark.parametrize("script,args,keys", [

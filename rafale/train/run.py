@@ -13,6 +13,7 @@ import errno
 import json
 import math
 import pickle
+import re
 import shutil
 import time
 from pathlib import Path
@@ -65,9 +66,11 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         if rank0:
             start_run_dir(plan, data, model, say)
         energy = EnergyTracker(cfg.logging.energy_country) if cfg.logging.energy else None
-        trainer = build_trainer(plan, model, data, [stats, *([progress] if progress else []), *file_logger(plan, stats),
-                                                    guards.Guard(rd.checkpoints, cfg.run.save_interval, cfg.optim.lr),
-                                                    *([energy] if energy else [])])
+        trainer, compiled = build_trainer(plan, model, data, [stats, *([progress] if progress else []),
+                                                              *file_logger(plan, stats),
+                                                              guards.Guard(rd.checkpoints, cfg.run.save_interval,
+                                                                           cfg.optim.lr),
+                                                              *([energy] if energy else [])], say)
         try:
             fit(plan, trainer, data, say)
             final_eval(trainer)
@@ -78,6 +81,7 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         if not rank0:
             return 0
         summary = summarize(plan, trainer, stats, data, model, export_final(model, data, rd.path, plan.lora))
+        summary["compile"] = compiled.summary()
         if energy is not None:
             summary["energy"] = energy.summary()
         if has_eval(cfg):
@@ -163,16 +167,23 @@ def params_line(plan: Plan, model) -> str:
             f"parameters trainable ({trainable / total:.2%})")
 
 
-def build_trainer(plan: Plan, model, data: PreparedData, callbacks: list):
+def build_trainer(plan: Plan, model, data: PreparedData, callbacks: list, say: Console):
+    """The Composer Trainer, and the run.compile decision it trains under (said on the console)."""
     from composer import Trainer
 
-    rd = plan.run_dir
+    from rafale.train.compiling import StepTimes, decide, planned_steps
+
+    cfg, rd = plan.cfg, plan.run_dir
     train_dl, eval_dl = dataloaders(plan, data, model)
-    kwargs = trainer_kwargs(plan, model, train_dl, eval_dl, callbacks=callbacks, save_folder=str(rd.checkpoints),
-                            load_path=str(rd.resume_from) if rd.resume_from else None,
-                            log_dir=str(rd.path / "tensorboard"))
+    done = int(m.group(1)) if rd.resume_from and (m := re.search(r"-ba(\d+)-", rd.resume_from.resolve().name)) else 0
+    steps = planned_steps(cfg.run.max_duration, len(train_dl), cfg.data.train_batch_size * cfg.data.block_size, done)
+    compiled = decide(plan, steps)
+    say.print(compiled.why, highlight=False)
+    kwargs = trainer_kwargs(plan, model, train_dl, eval_dl, callbacks=[*callbacks, StepTimes(plan, compiled.compile)],
+                            save_folder=str(rd.checkpoints), load_path=str(rd.resume_from) if rd.resume_from else None,
+                            log_dir=str(rd.path / "tensorboard"), compile=compiled.compile)
     try:
-        return Trainer(**kwargs)
+        return Trainer(**kwargs), compiled
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, ValueError) as e:
         if rd.resume_from is None:
             raise
@@ -299,7 +310,8 @@ def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model
         mfu = {"flops_per_token": plan.flops_per_token, "achieved_tflops": round(achieved / 1e12, 4),
                "peak_tflops": round(peak / 1e12, 4) if peak else None, "peak_source": plan.peak_source,
                "mfu": round(achieved / peak, 4) if peak else None}
-    return {"steps": ts.batch.value, "tokens": ts.token.value, "train_loss": stats.train_loss,
+    return {"steps": ts.batch.value, "tokens": ts.token.value, "precision": plan.precision,
+            **({"precision_why": plan.precision_why} if plan.precision_why else {}), "train_loss": stats.train_loss,
             "eval_loss": stats.eval_loss, "eval_perplexity": stats.eval_ppl,
             "eval_bits_per_byte": eval_bits_per_byte(data, stats.eval_loss),
             **{f"eval_{k}": v for k, v in stats.eval_extra.items()},
@@ -334,6 +346,10 @@ def print_summary(console: Console, s: dict) -> None:
     if s["unigram_eval_loss"] is not None:
         rows.append(("unigram eval loss", f4("unigram_eval_loss") + "  (a model that ignores context)"))
     rows.append(("throughput", f"{s['tokens_per_second']:,.0f} tokens/s"))
+    if s.get("precision"):
+        rows.append(("precision", s["precision"] + (f"  ({s['precision_why']})" if s.get("precision_why") else "")))
+    if s.get("compile"):
+        rows.append(("compile", s["compile"]["why"]))
     if s.get("mfu") is not None:
         rows.append(("MFU", f"{s['mfu']:.1%}  ({s['achieved_tflops'] * 1e3:,.1f} of {s['peak_tflops'] * 1e3:,.1f} "
                             f"GFLOP/s, peak: {s['peak_source']})"))

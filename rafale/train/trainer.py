@@ -220,10 +220,22 @@ def periodic_eval(interval: str):
 
 
 def trainer_kwargs(plan, model: torch.nn.Module, train_dl, eval_dl, *, callbacks: list, save_folder: str | None = None,
-                   load_path: str | None = None, log_dir: str | None = None) -> dict:
-    """Everything the plan says, as Composer Trainer arguments (a dict: DEBUG=1 changes a few of them)."""
+                   load_path: str | None = None, log_dir: str | None = None, compile: bool | None = None) -> dict:
+    """Everything the plan says, as Composer Trainer arguments (a dict: DEBUG=1 changes a few of them).
+
+    `compile` is the run.compile decision (compiling.decide); None takes run.compile true as yes, else no.
+    On a CPU, amp_bf16 is rafale's own autocast around the model (cpu_autocast.py) under Composer's fp32.
+    """
+    from rafale.train.compiling import compile_config
+
     cfg = plan.cfg
     wrapped = composer_model(model)
+    precision = plan.precision
+    if plan.device == "cpu" and precision == "amp_bf16":
+        from rafale.train.cpu_autocast import autocast_bf16
+
+        autocast_bf16(wrapped)
+        precision = "fp32"
     if plan.lora is not None:  # checkpoints: the adapter, its optimizer state and the base's fingerprint
         from rafale.train.checkpoints import LoraBase, keep_trainable_only
 
@@ -254,11 +266,11 @@ def trainer_kwargs(plan, model: torch.nn.Module, train_dl, eval_dl, *, callbacks
         save_overwrite=False,
         load_path=load_path,
         device=plan.device,
-        precision=plan.precision,
+        precision=precision,
         device_train_microbatch_size=plan.microbatch,
         seed=cfg.run.seed,
         python_log_level=None,
-        compile_config={} if cfg.run.compile else None,
+        compile_config=compile_config(cfg.run.compile is True if compile is None else compile),
         parallelism_config=plan.parallelism,
     )
 
