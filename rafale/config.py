@@ -45,16 +45,18 @@ class RunConfig:
     seed: int = 42  # seeds model init, data order and dropout
     max_duration: str = "1ep"  # Composer time: 1ep, 500ba, 2000000tok
     eval_interval: str = "100ba"  # how often to evaluate on the held-out split; 0ba = only at the end
+    eval_batches: Union[int, None] = 20  # periodic evaluations take at most this many eval batches; null = all
+    # (the evaluation at the end of the run always covers the whole held-out split, capped by data.eval_max_tokens)
     save_interval: str = "500ba"  # how often to write a checkpoint (the run end always writes one)
     save_num_checkpoints_to_keep: int = 2  # older checkpoints are deleted; -1 keeps all
     log_interval: str = "10ba"  # how often a line goes to metrics.jsonl
     device_batch_size: Union[int, str] = "auto"  # microbatch per device; auto = the whole batch on CPU
-    precision: str = "auto"  # auto = amp_bf16 on a GPU that supports it, fp32 elsewhere
+    precision: str = "auto"  # auto = amp_bf16 on a GPU or CPU with fast bf16 matmuls, fp32 elsewhere
     device: str = "auto"  # auto = gpu when CUDA is available, else cpu
     output_dir: str = "runs"
     sample_prompt: str = "Once upon a time"  # the end-of-run greedy sample starts here
     sample_tokens: int = 48
-    compile: bool = False  # torch.compile the model (through Composer's compile_config)
+    compile: Union[bool, str] = "auto"  # torch.compile the model; auto = when the run is long enough to pay it back
     fsdp: Union[dict, None] = None  # GPUs only: Composer FSDP settings, e.g. {sharding_strategy: FULL_SHARD}
 
 
@@ -132,6 +134,8 @@ class DataConfig:
     train_batch_size: int = 32  # global batch, in blocks
     eval_batch_size: int = 32
     eval_split: float = 0.05  # fraction of documents held out when the source has no eval split
+    eval_max_tokens: Union[int, None] = 262144  # evaluate on at most this many held-out tokens (whole examples,
+    # evenly spaced through the split, the same at every evaluation); null = all of it
     seed: int = 0  # seeds the held-out split, the shuffle and the synthetic corpus
     # sft: prompt/response pairs; labels are -100 on the prompt and the padding
     prompt_field: str = "prompt"
@@ -156,6 +160,8 @@ class DataConfig:
 class LoggingConfig:
     loggers: list[str] = field(default_factory=lambda: ["console", "file"])  # + wandb, tensorboard
     project: Union[str, None] = None  # wandb project (default: wandb's own)
+    energy: bool = False  # track energy and CO2-eq with codecarbon, offline, on rank 0 (manifest and summary)
+    energy_country: str = "USA"  # ISO 3166 alpha-3 code of where the machine runs: its grid's carbon intensity
 
 
 # ---- eval: after training, the final model is evaluated as `rafale eval` would ------------------------
@@ -414,6 +420,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
              f"{r.device_batch_size} is larger than data.train_batch_size {d.train_batch_size}")
     one_of(r.precision, PRECISIONS, "run.precision")
     one_of(r.device, DEVICES, "run.device")
+    need(r.compile in (True, False, "auto"), "run.compile", f"expected true, false or auto, got {_show(r.compile)}")
     need(r.sample_tokens >= 0, "run.sample_tokens", f"expected 0 or more, got {r.sample_tokens}")
 
     one_of(o.name, OPTIMIZERS, "optim.name")
@@ -464,6 +471,11 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     need(d.train_batch_size > 0, "data.train_batch_size", f"expected a positive integer, got {d.train_batch_size}")
     need(d.eval_batch_size > 0, "data.eval_batch_size", f"expected a positive integer, got {d.eval_batch_size}")
     need(0 <= d.eval_split < 1, "data.eval_split", f"expected a fraction in [0, 1), got {d.eval_split}")
+    if d.eval_max_tokens is not None:
+        need(d.eval_max_tokens >= d.block_size, "data.eval_max_tokens", f"{d.eval_max_tokens} is less than one "
+             f"example of data.block_size {d.block_size}; expected at least {d.block_size}, or null for no cap")
+    if r.eval_batches is not None:
+        need(r.eval_batches > 0, "run.eval_batches", f"expected a positive integer or null (all), got {r.eval_batches}")
     need(0 < d.mlm_probability < 1, "data.mlm_probability", f"expected a fraction in (0, 1), got {d.mlm_probability}")
     if d.labels is not None:
         need(len(d.labels) >= 2 and len(set(d.labels)) == len(d.labels), "data.labels",
@@ -489,6 +501,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         need(t.train.min_frequency >= 1, "data.tokenizer.train.min_frequency",
              f"expected a positive integer, got {t.train.min_frequency}")
     _validate_eval(cfg.eval, errors)
+    _validate_logging(cfg.logging, errors)
     _validate_sweep(cfg.sweep, errors)
     for i, name in enumerate(cfg.logging.loggers):
         one_of(name, LOGGERS, f"logging.loggers[{i}]")
@@ -499,6 +512,12 @@ def _validate(cfg: Config, errors: list[str]) -> None:
             need(importlib.util.find_spec(package) is not None, f"logging.loggers[{i}]",
                  f"{name} needs the {package} package, which is not installed; pip install {package}, "
                  f"or drop {name}")
+
+
+def _validate_logging(lg: LoggingConfig, errors: list[str]) -> None:
+    if not re.fullmatch(r"[A-Z]{3}", lg.energy_country):
+        errors.append(f"logging.energy_country: expected an ISO 3166 alpha-3 country code in capitals (USA, "
+                      f"FRA, CAN, ...), got {lg.energy_country!r}")
 
 
 def _validate_eval(e: EvalConfig, errors: list[str]) -> None:

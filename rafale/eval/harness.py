@@ -123,15 +123,40 @@ def run_tasks(model, names: list[str], *, include_path=None, num_fewshot: Option
         model = adapter_for(model, names, batch_size=batch_size, device=device)
     quiet_lm_eval()
     tasks = load_tasks(manager, names, num_fewshot)
-    out = lm_eval.simple_evaluate(model=model, tasks=list(tasks.values()), task_manager=manager,
-                                  num_fewshot=num_fewshot, limit=limit, log_samples=False,
-                                  bootstrap_iters=bootstrap_iters)
+    out = evaluate_tasks(model, manager, list(tasks.values()), num_fewshot=num_fewshot, limit=limit,
+                         bootstrap_iters=bootstrap_iters)
     import rafale
 
     return {"results": out["results"], "model": model.path, "rafale_version": rafale.__version__,
             "lm_eval_version": lm_eval.__version__, "num_fewshot": num_fewshot, "limit": limit,
             "task_config_hashes": {name: config_hash(cfg) for name, cfg in out.get("configs", {}).items()},
             "n_samples": out.get("n-samples"), "wall_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def evaluate_tasks(lm, manager, tasks: list, *, num_fewshot: Optional[int], limit, bootstrap_iters: int) -> dict:
+    """What lm_eval.simple_evaluate does with a ready model and loaded tasks (its default seeds, the few-shot
+    settings, then lm_eval.evaluator.evaluate), without the environment report it appends: torch's
+    collect_env, a git call and an import of transformers for its version, ~4 s that nothing here reads."""
+    import random
+
+    import numpy as np
+    from lm_eval import evaluator
+    from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
+    from lm_eval.utils import set_torch_seed
+
+    random.seed(DEFAULT_RANDOM_SEED)
+    np.random.seed(DEFAULT_OTHER_SEED)
+    set_torch_seed(DEFAULT_OTHER_SEED)
+    loaded = manager.load(tasks)
+    for task in loaded["tasks"].values():
+        default = task.get_config("num_fewshot")
+        if num_fewshot is not None and default != 0:  # a task that sets 0 keeps it, as in simple_evaluate
+            task.set_config(key="num_fewshot", value=num_fewshot)
+        elif num_fewshot is None and default is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
+    return evaluator.evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=bootstrap_iters,
+                              log_samples=False, fewshot_as_multiturn=True)
 
 
 def quiet_lm_eval() -> None:

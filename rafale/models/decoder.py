@@ -186,6 +186,14 @@ def attention_mask_for(
     return mask
 
 
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """nn.Embedding(num, dim), without its random init when built on the meta device (a checkpoint about to
+    be loaded): normal_ on a meta tensor imports torch._dynamo, 3-6 s of every loading command's start-up
+    for numbers nobody reads. On a real device it is nn.Embedding as it is, random numbers included."""
+    on_meta = torch.empty(0).is_meta  # inside `with torch.device("meta")`
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim) if on_meta else None)
+
+
 # ---- KV cache --------------------------------------------------------------------------------------------
 
 class KVCache:
@@ -303,7 +311,7 @@ class Decoder(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -311,7 +319,8 @@ class Decoder(nn.Module):
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.register_buffer("rope_perm", torch.empty(0, dtype=torch.long), persistent=False)
         self.init_buffers()
-        self.init_weights()
+        if not self.wte.weight.is_meta:  # on meta there is nothing to initialise (see embedding)
+            self.init_weights()
 
     def init_buffers(self):
         """Set up what the state dict does not hold: the rope tables and the lm_head/wte tie.
@@ -321,6 +330,8 @@ class Decoder(nn.Module):
         """
         if self.config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        if self.wte.weight.is_meta:  # a model about to be loaded: to_empty(), then this again, make them
+            return
         self.rope_cos, self.rope_sin, self.rope_perm = rope_tables(self.config, device=self.wte.weight.device)
 
     @torch.no_grad()

@@ -26,6 +26,7 @@ rafale/prompts.py.
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
@@ -33,12 +34,21 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from rafale.errors import ConfigError
+from rafale.models import decode
+from rafale.models.decode import DecodeStep
 
 FINISH_EOS, FINISH_STOP, FINISH_LENGTH = "eos", "stop", "length"
 # On CPU, a few rows of hidden state times the output head laid out as (C, V) run up to 2-3x faster than
 # F.linear's (V, C) layout (pythia-14m, one row: 66 vs 123 us at vocab 8192, 0.7 vs 2.3 ms at 50304), so
 # generate() decodes with a transposed copy of the head; above this size the copy costs too much memory.
 HEAD_COPY_MAX_BYTES = 256 * 2**20
+# Compiling the decoding step: the gain expected per device and the compile time it must pay back. On CPU
+# the compiled step measured no faster than the eager DecodeStep (pythia-14m shape, torch 2.7, 2 cores)
+# after 13 s (warm cache) to 90 s (cold) of compiling, so CPU never compiles unless asked. On a GPU a step
+# of a small model is kernel launches, which a CUDA graph replays at once: assumed 4x, not yet measured here.
+COMPILED_SPEEDUP = {"cpu": 1.0, "cuda": 4.0}
+COMPILE_SECONDS = 60.0
+MEASURED_STEPS = 8  # eager steps timed before deciding
 
 
 # ---- Sampling: pure functions of logits ------------------------------------------------------------------
@@ -139,6 +149,19 @@ def last_logits(model, input_ids, head_t: Optional[torch.Tensor] = None, **kw) -
     return model.lm_head(h) if head_t is None else h @ head_t
 
 
+def cache_len(total: int, max_seq_len: int) -> int:
+    """The KV cache length for `total` positions when the step may be compiled: rounded up to a multiple
+    of 256, so generations of similar lengths share one compiled graph (its shapes are fixed)."""
+    return min(-(-total // 256) * 256, max_seq_len)
+
+
+def compile_pays(device: torch.device, step_s: float, steps_left: int) -> bool:
+    """Whether compiling the decoding step saves time overall: `steps_left` steps of `step_s` seconds
+    (eager) made faster by the device's expected gain, against its expected compile time."""
+    gain = COMPILED_SPEEDUP.get(device.type, 1.0)
+    return gain > 1 and steps_left * step_s * (1 - 1 / gain) > COMPILE_SECONDS
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -150,11 +173,15 @@ def generate(
     seed: Optional[int] = None,
     pad_id: int = 0,
     is_done: Optional[Callable[[int, list[int]], bool]] = None,
+    compiled: Optional[bool] = None,
+    planned_steps: Optional[int] = None,
 ) -> Iterator[list[Optional[int]]]:
     """Yield, per step, the new token of every row (None for rows already finished).
 
     A row finishes after `eos_id` (which is yielded), after `max_new_tokens`, when the model's positions
     run out, or when `is_done(row, new_ids)` says so (stop strings). `seed` makes sampling reproducible.
+    `compiled`: True compiles the decoding step, False never; None (auto) measures the first eager steps
+    and compiles when `planned_steps` (default: this call's steps; more if other batches follow) pay for it.
     """
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens (--max-new-tokens) must be >= 1, got {max_new_tokens}")
@@ -166,12 +193,23 @@ def generate(
     ids, mask = left_pad(prompts_ids, pad_id, device)
     T = ids.size(1)
     total = min(T + max_new_tokens, max_seq_len)  # the cache holds the prompt and every new token
-    cache = model.make_kv_cache(B, total, device=device)
+    planned_steps = total - T if planned_steps is None else planned_steps
 
-    positions = full_mask = None
+    step = DecodeStep.for_model(model) if decode.supports(model) else None  # None: RetNet, LoRA
+    may_compile = step is not None and compiled is not False and (
+        compiled or (COMPILED_SPEEDUP.get(device.type, 1.0) > 1 and step.compiled is not False))
+    if may_compile:  # fixed shapes: a rounded length and the same buffers every time
+        cache = step.cache(model, B, cache_len(total, max_seq_len))
+        use_compiled = bool(compiled) or bool(step.compiled)
+        if use_compiled:
+            use_compiled = step.compile()
+    else:
+        cache, use_compiled = model.make_kv_cache(B, total, device=device), False
+
+    positions = key_mask = None
     if mask is not None:  # per-row positions counting real tokens only, and a mask over all columns
-        full_mask = torch.ones(B, total, dtype=torch.long, device=device)
-        full_mask[:, :T] = mask
+        key_mask = torch.ones(B, cache.max_len if may_compile else total, dtype=torch.bool, device=device)
+        key_mask[:, :T] = mask.bool()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
     seen = None
     if sampling.repetition_penalty not in (None, 1.0):
@@ -179,12 +217,18 @@ def generate(
         for row, p in enumerate(prompts_ids):
             seen[row, list(p)] = True
 
-    head = model.lm_head.weight
-    head_t = head.t().contiguous() if device.type == "cpu" and head.nbytes <= HEAD_COPY_MAX_BYTES else None
+    if step is not None:
+        head_t = step.head if step.head.is_contiguous() else None
+    else:
+        head = model.lm_head.weight
+        head_t = head.t().contiguous() if device.type == "cpu" and head.nbytes <= HEAD_COPY_MAX_BYTES else None
     logits = last_logits(model, ids, head_t, position_ids=positions, attention_mask=mask, kv_cache=cache)
+    if positions is not None:
+        positions = positions[:, -1]  # (B,): the last prompt token's
     new_ids: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    for step in range(total - T):
+    eager_s: list[float] = []
+    for n in range(total - T):
         tokens = next_token(logits, seen, sampling, generator)
         out: list[Optional[int]] = [None] * B
         for row, token in enumerate(tokens.tolist()):
@@ -194,17 +238,23 @@ def generate(
             new_ids[row].append(token)
             done[row] = token == eos_id or (is_done is not None and is_done(row, new_ids[row]))
         yield out
-        if all(done) or step == total - T - 1:
+        if all(done) or n == total - T - 1:
             return
         if seen is not None:
             seen.scatter_(1, tokens[:, None], True)
-        x = tokens[:, None]
-        if positions is None:
-            logits = last_logits(model, x, head_t, kv_cache=cache)
-        else:
-            positions = positions[:, -1:] + 1
-            logits = last_logits(model, x, head_t, position_ids=positions, attention_mask=full_mask[:, :cache.pos + 1],
-                                 kv_cache=cache)
+        if positions is not None:
+            positions = positions + 1
+        if step is None:
+            kw = {} if positions is None else dict(position_ids=positions[:, None],
+                                                    attention_mask=key_mask[:, :cache.pos + 1].long())
+            logits = last_logits(model, tokens[:, None], head_t, kv_cache=cache, **kw)
+            continue
+        t0 = time.perf_counter()
+        logits = step(cache, tokens, positions, key_mask, use_compiled)
+        eager_s.append(time.perf_counter() - t0)
+        if compiled is None and may_compile and not use_compiled and len(eager_s) == MEASURED_STEPS:
+            if compile_pays(device, statistics.median(eager_s), planned_steps - n):
+                use_compiled = step.compile()
 
 
 # ---- Text in, text out -----------------------------------------------------------------------------------
@@ -267,12 +317,15 @@ def generate_texts(
     on_text: Optional[Callable[[int, str], None]] = None,
     on_row_done: Optional[Callable[[int], None]] = None,
     stats: Optional[Stats] = None,
+    compiled: Optional[bool] = None,
 ) -> list[Completion]:
     """Complete every prompt (`tok` is a TokenizerInfo), `batch_size` prompts at a time.
 
     A completion ends at EOS (not included in its text), at the first of the `stop` strings (cut off
     there) or after max_new_tokens. `on_text(i, piece)` receives prompt i's completion text as it grows
     (the pieces add up to the final text); `on_row_done(i)` is called once per finished prompt.
+    `compiled` is generate()'s; by default the decoding step is compiled when all the batches' steps
+    together pay for it (many prompts, long completions).
     """
     stop = [s for s in stop if s]
     encoded = encode_prompts(model, tok, prompts)
@@ -292,8 +345,10 @@ def generate_texts(
         def is_done(_row: int, ids: list[int]) -> bool:
             return _cut_at_stop(text_of(ids), stop) is not None
 
+        batches_left = -(-(len(prompts) - start) // batch_size)
         steps = generate(model, [encoded[i] for i in rows], max_new_tokens, sampling=sampling,
-                         eos_id=tok.eos_id, seed=seed, pad_id=pad, is_done=is_done if stop else None)
+                         eos_id=tok.eos_id, seed=seed, pad_id=pad, is_done=is_done if stop else None,
+                         compiled=compiled, planned_steps=batches_left * max_new_tokens)
         t0 = time.perf_counter()
         for n_step, out in enumerate(steps):
             if n_step == 0:  # the first tokens come out of the prompt's forward pass

@@ -19,6 +19,7 @@ import torch
 from rafale.errors import ModelError
 from rafale.models.decoder import Decoder, DecoderConfig
 from rafale.models.encoder import EncoderConfig, EncoderForMaskedLM
+from rafale.models.meta import on_meta
 from rafale.models.retnet import RetNet, RetNetConfig
 from rafale.models.weights import hf_model_type
 
@@ -168,7 +169,7 @@ def list_models() -> list[tuple[str, str, int]]:
     rows = []
     for name in name_to_config:
         config = get_config(name)
-        with torch.device("meta"):
+        with on_meta():
             if isinstance(config, EncoderConfig):
                 n_params = sum(p.numel() for p in EncoderForMaskedLM(config).parameters())
             else:

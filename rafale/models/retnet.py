@@ -43,6 +43,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rafale.models.decoder import embedding
+
 
 @dataclass
 class RetNetConfig:
@@ -290,7 +292,7 @@ class RetNet(nn.Module):
     def __init__(self, config: RetNetConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -298,7 +300,8 @@ class RetNet(nn.Module):
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.register_buffer("log_gamma", torch.empty(0), persistent=False)
         self.init_buffers()
-        self.init_weights()
+        if not self.wte.weight.is_meta:  # on meta there is nothing to initialise (decoder.embedding)
+            self.init_weights()
 
     def init_buffers(self):
         """Set up what the state dict does not hold: rotary tables, decays, the lm_head/wte tie. Call it
@@ -306,6 +309,8 @@ class RetNet(nn.Module):
         c, device = self.config, self.wte.weight.device
         if c.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        if self.wte.weight.is_meta:  # a model about to be loaded: to_empty(), then this again, make them
+            return
         self.rope_cos, self.rope_sin = rotary_tables(c.head_dim, c.max_seq_len, c.rope_theta, device)
         self.log_gamma = log_gammas(c.n_head, device)
 

@@ -31,6 +31,7 @@ from rafale.models.encoder import Encoder, EncoderConfig
 from rafale.models.encoder_weights import (HEAD_CLASSES, canonical_key, encoder_config_from_hf,
                                            encoder_config_to_hf)
 from rafale.models.encoder_weights import NAME_MAPS as ENCODER_MAPS
+from rafale.models.meta import on_meta, to_empty
 from rafale.models.retnet import RetNet, RetNetConfig
 
 LAYER_NUMBER = re.compile(r"\.(\d+)\.")
@@ -457,11 +458,11 @@ def load_weights(model_class: type, config, hf_sd: dict, where, device="cpu",
     """A `model_class(config)` filled from an HF state dict; see hf_to_rafale for the checks and what the
     two lists are. The model is built on the meta device (no memory, no random init), checked, then
     materialised and loaded strictly; only a head the checkpoint lacks gets a random init."""
-    with torch.device("meta"):
+    with on_meta():
         model = model_class(config)
     state, initialized, ignored = hf_to_rafale(hf_sd, model, where)
     ties = tied_copies(model)
-    model.to_empty(device=device)
+    to_empty(model, device)
     model.to(dtype)
     for name, first in ties.items():  # to_empty gave each name of a tied weight its own storage
         module, _, attr = name.rpartition(".")

@@ -102,11 +102,12 @@ class RichProgress(Callback):
 
     def eval_end(self, state: State, logger: Logger) -> None:
         s = self.stats
-        if self.progress is not None and s.eval_loss is not None:
+        if dist.get_global_rank() == 0 and s.eval_loss is not None:  # the final evaluation comes after fit_end
             more = ([f"perplexity {s.eval_ppl:.2f}"] if s.eval_ppl is not None else []) + \
                    [f"{k} {v:.4f}" for k, v in s.eval_extra.items()]
-            self.progress.console.print(f"  step {state.timestamp.batch.value}: eval loss {s.eval_loss:.4f}"
-                                        + "".join(f", {m}" for m in more))
+            console = self.progress.console if self.progress is not None else self.console
+            console.print(f"  step {state.timestamp.batch.value}: eval loss {s.eval_loss:.4f}"
+                          + "".join(f", {m}" for m in more))
 
     def fit_end(self, state: State, logger: Logger) -> None:
         self.stop()

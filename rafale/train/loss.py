@@ -48,8 +48,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 g = probs.to(h.dtype)
                 if need_h:
                     grad_h[start : start + rows_per_chunk] = g @ weight
-                if need_w:
-                    grad_w.addmm_(g.t().to(acc), h.to(acc))  # no copies when already in acc
+                if need_w and h.dtype == acc:
+                    grad_w.addmm_(g.t(), h)
+                elif need_w:  # bf16/fp16: the matmul at that precision (4x fp32 on CPUs with bf16), summed in acc
+                    grad_w += g.t() @ h
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if need_w else None)
         return loss / n_valid
 

@@ -7,10 +7,11 @@ with vocab 50k it is half the parameters). The second term is attention's QK^T a
 value_factor times wider, so its term is 6 x (1 + value_factor) x n_layer x n_embd x seq (its parallel form).
 
 The peak comes from a table of dense bf16/fp16 tensor-core figures for known GPUs (fp32 runs use the
-fp32 column), and on a CPU from a measured fp32 `torch.mm` of 1024 x 1024 (best of 20, about 0.2 s).
-A machine busy with something else measures low, and a low peak shows an MFU that is too high, so every
-run measures again and $RAFALE_CACHE/cpu_peak.json keeps the best figure seen for this CPU, torch
-version and thread count.
+fp32 column), and on a CPU from a measured `torch.mm` of 1024 x 1024 in the precision the run uses (fp32,
+or bf16 under amp_bf16): the best of up to 20, within about a quarter of a second. A machine busy with
+something else measures low, and a low peak shows an MFU that is too high, so every run measures again
+and $RAFALE_CACHE/cpu_peak.json (cpu_peak_bf16.json) keeps the best figure seen for this CPU, torch
+version and thread count. The two CPU peaks also decide `run.precision: auto` on a CPU (plan.py).
 """
 
 from __future__ import annotations
@@ -51,15 +52,21 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> int:
     return 6 * n + 6 * (1 + value_factor) * cfg.n_layer * cfg.n_embd * seq_len
 
 
-def measure_cpu_peak(size: int = 1024, reps: int = 20) -> float:
-    """Best fp32 matmul FLOP/s over a few reps of a size x size `torch.mm`."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def measure_cpu_peak(size: int = 1024, reps: int = 20, dtype: str = "fp32", budget_s: float = 0.25) -> float:
+    """Best matmul FLOP/s over up to `reps` size x size `torch.mm` (fewer once `budget_s` is spent: a CPU
+    without bf16 instructions emulates them, slowly)."""
+    a, b = torch.randn(size, size, dtype=DTYPES[dtype]), torch.randn(size, size, dtype=DTYPES[dtype])
     torch.mm(a, b)  # warm up
-    best = float("inf")
+    best, start = float("inf"), time.perf_counter()
     for _ in range(reps):
         t = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
+        if t - start > budget_s:
+            break
     return 2 * size**3 / best
 
 
@@ -75,12 +82,13 @@ def cpu_name() -> str:
 
 
 @functools.lru_cache(maxsize=None)  # once a process: the progress bar's MFU and the summary's use one peak
-def cpu_peak(cache_dir: str | os.PathLike | None = None) -> float:
-    """This CPU's fp32 matmul peak: measured now, or the best earlier measurement if that was higher."""
+def cpu_peak(cache_dir: str | os.PathLike | None = None, dtype: str = "fp32") -> float:
+    """This CPU's matmul peak in `dtype` (fp32 | bf16): measured now, or the best earlier measurement if that
+    was higher."""
     cache_dir = Path(cache_dir or os.environ.get("RAFALE_CACHE", Path.home() / ".rafale_cache"))
-    path = cache_dir / "cpu_peak.json"
+    path = cache_dir / ("cpu_peak.json" if dtype == "fp32" else f"cpu_peak_{dtype}.json")
     key = f"{cpu_name()}-torch{torch.__version__}-{torch.get_num_threads()}threads"
-    flops = measure_cpu_peak()
+    flops = measure_cpu_peak(dtype=dtype)
     try:
         rec = json.loads(path.read_text())
         if rec["key"] == key and float(rec["flops"]) >= flops:
@@ -103,4 +111,5 @@ def peak_flops(device: str, precision: str) -> tuple[float | None, str]:
             if key in name:
                 return (fp32 if precision == "fp32" else half), f"table ({key})"
         return None, f"unknown GPU {name!r}"
-    return cpu_peak(), "measured fp32 matmul"
+    dtype = "bf16" if precision == "amp_bf16" else "fp32"
+    return cpu_peak(dtype=dtype), f"measured {dtype} matmul"

@@ -5,10 +5,12 @@ the run reads. Nothing after it looks at the config to derive these facts again.
 
 What a run will do, in the order it is resolved (each fact once, each check as soon as its facts exist):
 
+    energy     logging.energy: codecarbon can be imported and knows logging.energy_country
     model      the model config: a registry entry with model.overrides, a checkpoint's own shapes
                (model.config: from_weights) or model.hf; the head the pipeline needs; the pipeline and
                the block size must fit it
-    device     cpu or gpu, the precision, FSDP, the processes and the batch each one takes
+    device     cpu or gpu, the precision (auto on a CPU: bf16 autocast where its measured matmul peak is
+               clearly above fp32's), FSDP, the processes and the batch each one takes
     run_dir    new, resume (and why), start over (FORCE=1), or refused: finished, changed config,
                unreadable checkpoint
     room       the run directory and the cache are writable and have room (preflight.py)
@@ -39,8 +41,10 @@ from rafale.errors import ConfigError, ModelError
 from rafale.models import CAUSAL_LM_CONFIGS, DecoderConfig, EncoderConfig, model_from_config, resolve_model_config
 from rafale.train import mfu, preflight
 from rafale.train.checkpoints import check_readable, check_same_base
+from rafale.train.energy import check_energy
 from rafale.train.rundir import RunDirState, inspect_run_dir
 
+BF16_GAIN = 1.5  # precision auto on a CPU: bf16 when its matmul peak is at least this many times fp32's
 VOCAB_MULTIPLE = 64  # a from-scratch model's vocabulary is padded to this, for faster matmuls
 PIPELINE_HEADS = {"causal_lm": "lm", "sft": "lm", "classification": "classification", "mlm": "mlm"}
 
@@ -76,6 +80,7 @@ class Plan:
     peak_source: str
     debug: bool
     lora: LoraPlan | None = None
+    precision_why: str = ""  # how run.precision auto chose, e.g. "bf16 matmul 540 GFLOP/s vs fp32 212"
 
     @property
     def model_name(self) -> str:
@@ -91,10 +96,11 @@ def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=prin
     Raises:
         RafaleError: the first problem found, naming the config key or the path.
     """
+    check_energy(cfg)  # logging.energy: codecarbon importable, the country known
     mc = model_config(cfg)
     head = PIPELINE_HEADS[cfg.data.pipeline]
     device = resolve_device(cfg)
-    precision = resolve_precision(cfg, device)
+    check_precision(cfg, device)  # auto is resolved last: it measures (and caches) this CPU's peaks
     parallelism = parallelism_config(cfg, device)
     train_batch, eval_batch = per_process(cfg, "train_batch_size"), per_process(cfg, "eval_batch_size")
     microbatch = cfg.run.device_batch_size
@@ -120,6 +126,7 @@ def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=prin
     mc = with_vocab(cfg, mc, tokenizer.vocab_size)
     if mc is not None:
         check_fits(cfg, mc.vocab_size, mc.max_seq_len, tokenizer.vocab_size)
+    precision, precision_why = resolve_precision(cfg, device)
     fpt = peak = None
     source = ""
     if isinstance(mc, CAUSAL_LM_CONFIGS) and not debug:
@@ -128,7 +135,7 @@ def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=prin
         peak, source = mfu.peak_flops(device, precision)
         peak = peak * dist.get_world_size() if peak else None
     return Plan(cfg, mc, head, device, precision, parallelism, train_batch, eval_batch, microbatch, run_dir,
-                fingerprint, tokenizer, fpt, peak, source, debug, lora)
+                fingerprint, tokenizer, fpt, peak, source, debug, lora, precision_why=precision_why)
 
 
 # ---- the model -------------------------------------------------------------------------------------------
@@ -206,13 +213,23 @@ def resolve_device(cfg: Config) -> str:
     return cfg.run.device
 
 
-def resolve_precision(cfg: Config, device: str) -> str:
+def resolve_precision(cfg: Config, device: str) -> tuple[str, str]:
+    """(precision, how auto chose it). auto: bf16 autocast on a GPU that supports it, and on a CPU whose
+    measured bf16 matmul peak is at least BF16_GAIN times its fp32 peak (AVX512-BF16, AMX); fp32 elsewhere."""
     p = cfg.run.precision
+    if p == "auto" and device == "gpu":
+        return ("amp_bf16" if torch.cuda.is_bf16_supported() else "fp32"), ""
     if p == "auto":
-        return "amp_bf16" if device == "gpu" and torch.cuda.is_bf16_supported() else "fp32"
-    if device == "cpu" and p != "fp32":
-        raise ConfigError(f"run.precision: {p} needs a GPU; use fp32 or auto on CPU")
-    return p
+        fp32, bf16 = mfu.cpu_peak(dtype="fp32"), mfu.cpu_peak(dtype="bf16")
+        p = "amp_bf16" if bf16 >= BF16_GAIN * fp32 else "fp32"
+        return p, f"auto: bf16 matmul {bf16 / 1e9:,.0f} GFLOP/s vs fp32 {fp32 / 1e9:,.0f}"
+    check_precision(cfg, device)
+    return p, ""
+
+
+def check_precision(cfg: Config, device: str) -> None:
+    if device == "cpu" and cfg.run.precision == "amp_fp16":
+        raise ConfigError("run.precision: amp_fp16 needs a GPU; use amp_bf16, fp32 or auto on CPU")
 
 
 def parallelism_config(cfg: Config, device: str) -> dict | None:

@@ -13,6 +13,7 @@ import errno
 import json
 import math
 import pickle
+import re
 import shutil
 import time
 from pathlib import Path
@@ -30,9 +31,10 @@ from rafale.files import replace_dir, write_json
 from rafale.train import callbacks as cb
 from rafale.train import guards, preflight
 from rafale.train.checkpoints import harden_composer, latest_checkpoint, unreadable
+from rafale.train.energy import EnergyTracker, summary_line
 from rafale.train.plan import Plan, make_plan
 from rafale.train.rundir import clear_run_dir, run_lock, write_manifest
-from rafale.train.trainer import dataloaders, group_lrs, num_params, trainer_kwargs
+from rafale.train.trainer import dataloaders, eval_indices, final_eval, group_lrs, num_params, trainer_kwargs
 
 
 def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Console | None = None) -> int:
@@ -63,14 +65,19 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         progress = cb.RichProgress(stats, console) if "console" in cfg.logging.loggers else None
         if rank0:
             start_run_dir(plan, data, model, say)
-        trainer = build_trainer(plan, model, data, [stats, *([progress] if progress else []), *file_logger(plan, stats),
-                                                    guards.Guard(rd.checkpoints, cfg.run.save_interval, cfg.optim.lr)])
+        energy = EnergyTracker(cfg.logging.energy_country) if cfg.logging.energy else None
+        trainer, compiled = build_trainer(plan, model, data, [stats, *([progress] if progress else []),
+                                                              *file_logger(plan, stats),
+                                                              guards.Guard(rd.checkpoints, cfg.run.save_interval,
+                                                                           cfg.optim.lr),
+                                                              *([energy] if energy else [])], say)
         from rafale.data.resume import skip_replay
 
         if rd.resume_from and (note := skip_replay(trainer)):
             say.print(note)
         try:
             fit(plan, trainer, data, say)
+            final_eval(trainer)
         finally:
             if progress:
                 progress.stop()
@@ -78,6 +85,9 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         if not rank0:
             return 0
         summary = summarize(plan, trainer, stats, data, model, export_final(model, data, rd.path, plan.lora))
+        summary["compile"] = compiled.summary()
+        if energy is not None:
+            summary["energy"] = energy.summary()
         if has_eval(cfg):
             from rafale.eval.run import evaluate_config
 
@@ -162,16 +172,23 @@ def params_line(plan: Plan, model) -> str:
             f"parameters trainable ({trainable / total:.2%})")
 
 
-def build_trainer(plan: Plan, model, data: PreparedData, callbacks: list):
+def build_trainer(plan: Plan, model, data: PreparedData, callbacks: list, say: Console):
+    """The Composer Trainer, and the run.compile decision it trains under (said on the console)."""
     from composer import Trainer
 
-    rd = plan.run_dir
+    from rafale.train.compiling import StepTimes, decide, planned_steps
+
+    cfg, rd = plan.cfg, plan.run_dir
     train_dl, eval_dl = dataloaders(plan, data, model)
-    kwargs = trainer_kwargs(plan, model, train_dl, eval_dl, callbacks=callbacks, save_folder=str(rd.checkpoints),
-                            load_path=str(rd.resume_from) if rd.resume_from else None,
-                            log_dir=str(rd.path / "tensorboard"))
+    done = int(m.group(1)) if rd.resume_from and (m := re.search(r"-ba(\d+)-", rd.resume_from.resolve().name)) else 0
+    steps = planned_steps(cfg.run.max_duration, len(train_dl), cfg.data.train_batch_size * cfg.data.block_size, done)
+    compiled = decide(plan, steps)
+    say.print(compiled.why, highlight=False)
+    kwargs = trainer_kwargs(plan, model, train_dl, eval_dl, callbacks=[*callbacks, StepTimes(plan, compiled.compile)],
+                            save_folder=str(rd.checkpoints), load_path=str(rd.resume_from) if rd.resume_from else None,
+                            log_dir=str(rd.path / "tensorboard"), compile=compiled.compile)
     try:
-        return Trainer(**kwargs)
+        return Trainer(**kwargs), compiled
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, ValueError) as e:
         if rd.resume_from is None:
             raise
@@ -246,8 +263,8 @@ def export_final(model, data: PreparedData, run_dir: Path, lora=None) -> Path:
     return final
 
 
-def unigram_eval_loss(data: PreparedData) -> float | None:
-    """Cross-entropy of a unigram model (add-one smoothed train counts) on the eval targets (causal_lm only)."""
+def unigram_eval_loss(data: PreparedData, max_tokens: int | None = None) -> float | None:
+    """Cross-entropy of a unigram model (add-one smoothed train counts) on the evaluated targets (causal_lm only)."""
     if data.meta["pipeline"] != "causal_lm" or data.meta.get("streaming"):
         return None
     train, evals = data.dataset("train"), data.dataset("eval")
@@ -255,8 +272,23 @@ def unigram_eval_loss(data: PreparedData) -> float | None:
         return None
     counts = train.unigram_counts(data.tokenizer.vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
-    targets = np.asarray(evals.tokens).reshape(-1, evals.block_size)[:, 1:]  # what the model is scored on
+    blocks = np.asarray(evals.tokens).reshape(-1, evals.block_size)
+    idx = eval_indices(len(blocks), max_tokens, evals.block_size)
+    targets = (blocks if isinstance(idx, range) else blocks[idx])[:, 1:]  # what the model is scored on
     return float(-logp[targets].mean())
+
+
+def held_out(plan: Plan, data: PreparedData) -> dict | None:
+    """How much of the held-out split the final evaluation covered (data.eval_max_tokens), and the periodic cap."""
+    cfg, split = plan.cfg, data.meta.get("splits", {}).get("eval", {})
+    n = split.get("examples", split.get("blocks", 0))
+    if not n:
+        return None
+    k = len(eval_indices(n, cfg.data.eval_max_tokens, cfg.data.block_size))
+    out = {"examples": n, "evaluated_examples": k, "periodic_batches": cfg.run.eval_batches}
+    if "tokens" in split and "blocks" in split:  # causal_lm: every example is one whole block
+        out |= {"tokens": split["blocks"] * cfg.data.block_size, "evaluated_tokens": k * cfg.data.block_size}
+    return out
 
 
 def eval_bits_per_byte(data: PreparedData, eval_loss: float | None, max_tokens: int = 1 << 20) -> float | None:
@@ -288,11 +320,13 @@ def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model
         mfu = {"flops_per_token": plan.flops_per_token, "achieved_tflops": round(achieved / 1e12, 4),
                "peak_tflops": round(peak / 1e12, 4) if peak else None, "peak_source": plan.peak_source,
                "mfu": round(achieved / peak, 4) if peak else None}
-    return {"steps": ts.batch.value, "tokens": ts.token.value, "train_loss": stats.train_loss,
+    return {"steps": ts.batch.value, "tokens": ts.token.value, "precision": plan.precision,
+            **({"precision_why": plan.precision_why} if plan.precision_why else {}), "train_loss": stats.train_loss,
             "eval_loss": stats.eval_loss, "eval_perplexity": stats.eval_ppl,
             "eval_bits_per_byte": eval_bits_per_byte(data, stats.eval_loss),
             **{f"eval_{k}": v for k, v in stats.eval_extra.items()},
-            "unigram_eval_loss": unigram_eval_loss(data), "tokens_per_second": round(tps, 1),
+            "unigram_eval_loss": unigram_eval_loss(data, cfg.data.eval_max_tokens), "held_out": held_out(plan, data),
+            "tokens_per_second": round(tps, 1),
             "train_seconds": round(stats.train_seconds, 2), **mfu, "saved": str(final), "sample": sample,
             **({"group_lrs": lrs} if (lrs := peak_lrs(trainer)) else {})}
 
@@ -313,9 +347,19 @@ def print_summary(console: Console, s: dict) -> None:
         rows.append(("eval bits per byte", f4("eval_bits_per_byte")))
     rows += [(key.replace("_", " "), f4(key)) for key in ("eval_accuracy", "eval_masked_accuracy")
              if s.get(key) is not None]
+    if s.get("held_out"):
+        h = s["held_out"]
+        tokens = f" ({h['evaluated_tokens']:,} of {h['tokens']:,} tokens)" if "tokens" in h else ""
+        periodic = f"; periodic evaluations {h['periodic_batches']} batches" if h["periodic_batches"] else ""
+        rows.append(("evaluated on", f"{h['evaluated_examples']:,} of {h['examples']:,} held-out examples{tokens}"
+                                     f"{periodic}"))
     if s["unigram_eval_loss"] is not None:
         rows.append(("unigram eval loss", f4("unigram_eval_loss") + "  (a model that ignores context)"))
     rows.append(("throughput", f"{s['tokens_per_second']:,.0f} tokens/s"))
+    if s.get("precision"):
+        rows.append(("precision", s["precision"] + (f"  ({s['precision_why']})" if s.get("precision_why") else "")))
+    if s.get("compile"):
+        rows.append(("compile", s["compile"]["why"]))
     if s.get("mfu") is not None:
         rows.append(("MFU", f"{s['mfu']:.1%}  ({s['achieved_tflops'] * 1e3:,.1f} of {s['peak_tflops'] * 1e3:,.1f} "
                             f"GFLOP/s, peak: {s['peak_source']})"))
@@ -325,6 +369,8 @@ def print_summary(console: Console, s: dict) -> None:
         rows += summary_rows(s["eval"])
     if s.get("group_lrs"):
         rows.append(("peak lr by depth", ", ".join(f"{name} {lr:.3g}" for name, lr in s["group_lrs"].items())))
+    if s.get("energy"):
+        rows.append(("energy", summary_line(s["energy"])))
     rows += [("saved", s["saved"]), ("loss curve", s.get("loss_plot")), ("sample", s["sample"])]
     t = Table(title="run summary", show_header=False, title_justify="left")
     t.add_column(style="bold")

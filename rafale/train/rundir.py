@@ -34,7 +34,8 @@ from rafale.train.checkpoints import LATEST
 # Keys a resumed run may change: they do not alter what the checkpoint means.
 RESUMABLE_CHANGES = ("run.max_duration", "run.eval_interval", "run.save_interval", "run.log_interval",
                      "run.save_num_checkpoints_to_keep", "run.sample_prompt", "run.sample_tokens",
-                     "run.device", "run.device_batch_size", "logging.loggers", "logging.project")
+                     "run.device", "run.device_batch_size", "logging.loggers", "logging.project",
+                     "logging.energy", "logging.energy_country", "run.eval_batches", "data.eval_max_tokens")
 LOCK = "run.lock"
 
 

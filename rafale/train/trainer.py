@@ -19,7 +19,7 @@ from composer.core import Time
 from composer.models import ComposerModel
 from composer.optim import (ConstantScheduler, ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler,
                             DecoupledAdamW, LinearWithWarmupScheduler)
-from composer.utils import dist
+from composer.utils import create_interval_scheduler, dist
 
 from rafale.config import Config
 
@@ -190,36 +190,73 @@ def dataloader(dataset, batch_size: int, shuffle: bool, seed: int, collate) -> t
                                        collate_fn=collate, drop_last=True)
 
 
+def eval_indices(n: int, max_tokens: int | None, block_size: int) -> range | list[int]:
+    """Which of the n held-out examples are evaluated: all, or at most max_tokens // block_size of them, evenly
+    spaced through the split (a source's own eval file is often ordered), the same ones every time."""
+    k = n if max_tokens is None else min(n, max_tokens // block_size)
+    return range(n) if k == n else [i * n // k for i in range(k)]
+
+
+def capped_eval(dataset, cfg: Config):
+    """The held-out split as evaluated: data.eval_max_tokens caps it (the prepared files keep all of it)."""
+    if dataset is None or not hasattr(dataset, "__len__"):  # a stream is capped where it is read
+        return dataset
+    idx = eval_indices(len(dataset), cfg.data.eval_max_tokens, cfg.data.block_size)
+    return dataset if len(idx) == len(dataset) else torch.utils.data.Subset(dataset, idx)
+
+
 def dataloaders(plan, data, model) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
     """(train, eval) loaders of the prepared data, each process taking its share of every batch."""
     cfg = plan.cfg
     train = dataloader(data.dataset("train"), plan.train_batch, shuffle=True, seed=cfg.run.seed,
                        collate=collate_fn(cfg, data, model, "train"))
-    evals = data.dataset("eval")
+    evals = capped_eval(data.dataset("eval"), cfg)
     if evals is not None:
         evals = dataloader(evals, plan.eval_batch, shuffle=False, seed=cfg.run.seed,
                            collate=collate_fn(cfg, data, model, "eval"))
     return train, evals
 
 
+def periodic_eval(interval: str):
+    """When Composer evaluates during fit: every `interval`, but not at the end of training, which final_eval
+    covers with the whole held-out split (periodic evaluations take only run.eval_batches)."""
+    every = create_interval_scheduler(interval, include_end_of_training=False, checkpoint_events=False)
+
+    def due(state, event) -> bool:
+        return every(state, event) and state.get_elapsed_duration().value < 1
+
+    return due
+
+
 def trainer_kwargs(plan, model: torch.nn.Module, train_dl, eval_dl, *, callbacks: list, save_folder: str | None = None,
-                   load_path: str | None = None, log_dir: str | None = None) -> dict:
-    """Everything the plan says, as Composer Trainer arguments (a dict: DEBUG=1 changes a few of them)."""
+                   load_path: str | None = None, log_dir: str | None = None, compile: bool | None = None) -> dict:
+    """Everything the plan says, as Composer Trainer arguments (a dict: DEBUG=1 changes a few of them).
+
+    `compile` is the run.compile decision (compiling.decide); None takes run.compile true as yes, else no.
+    On a CPU, amp_bf16 is rafale's own autocast around the model (cpu_autocast.py) under Composer's fp32.
+    """
+    from rafale.train.compiling import compile_config
+
     cfg = plan.cfg
     wrapped = composer_model(model)
+    precision = plan.precision
+    if plan.device == "cpu" and precision == "amp_bf16":
+        from rafale.train.cpu_autocast import autocast_bf16
+
+        autocast_bf16(wrapped)
+        precision = "fp32"
     if plan.lora is not None:  # checkpoints: the adapter, its optimizer state and the base's fingerprint
         from rafale.train.checkpoints import LoraBase, keep_trainable_only
 
         keep_trainable_only(wrapped)
         callbacks = [*callbacks, LoraBase(plan.lora.base_fingerprint)]
-    eval_every = cfg.run.eval_interval
-    if Time.from_timestring(eval_every).value == 0:  # 0ba, 0ep, ...: evaluate once, at the end of the run
-        eval_every = cfg.run.max_duration
+    periodic = eval_dl is not None and Time.from_timestring(cfg.run.eval_interval).value > 0  # 0ba: only at the end
     return dict(
         model=wrapped,
         train_dataloader=train_dl,
         eval_dataloader=eval_dl,
-        eval_interval=eval_every if eval_dl is not None else 0,
+        eval_interval=periodic_eval(cfg.run.eval_interval) if periodic else 0,
+        eval_subset_num_batches=(cfg.run.eval_batches or -1) if eval_dl is not None else -1,
         max_duration=cfg.run.max_duration,
         optimizers=build_optimizer(cfg, wrapped),
         schedulers=build_scheduler(cfg),
@@ -238,10 +275,19 @@ def trainer_kwargs(plan, model: torch.nn.Module, train_dl, eval_dl, *, callbacks
         save_overwrite=False,
         load_path=load_path,
         device=plan.device,
-        precision=plan.precision,
+        precision=precision,
         device_train_microbatch_size=plan.microbatch,
         seed=cfg.run.seed,
         python_log_level=None,
-        compile_config={} if cfg.run.compile else None,
+        compile_config=compile_config(cfg.run.compile is True if compile is None else compile),
         parallelism_config=plan.parallelism,
     )
+
+
+def final_eval(trainer) -> None:
+    """The evaluation at the end of a run: every batch of the held-out split (data.eval_max_tokens caps the split;
+    run.eval_batches only the periodic evaluations). Every process calls it. Composer's eval() reads -1 as "the
+    trainer's eval_subset_num_batches", so the full length is passed."""
+    evaluators = trainer.state.evaluators
+    if evaluators:
+        trainer.eval(subset_num_batches=max(len(e.dataloader.dataloader) for e in evaluators))

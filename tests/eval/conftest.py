@@ -23,7 +23,8 @@ def tasks_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_environment_report(monkeypatch):
     """lm-eval's simple_evaluate describes the machine (torch's collect_env: ~3.5 s a call) into a part of its
-    output that nothing here reads; in-process tests skip it. The subprocess tests keep it, as users have it."""
+    output that nothing here reads; rafale's own path never calls it (harness.evaluate_tasks), and the tests
+    that call simple_evaluate directly skip it too."""
     try:
         import lm_eval.evaluator
     except ImportError:

@@ -9,7 +9,8 @@ import torch
 
 from rafale.errors import ConfigError
 from rafale.models import Decoder, DecoderConfig, from_pretrained
-from rafale.models.generate import Sampling, generate, sample
+from rafale.models.decode import DecodeStep
+from rafale.models.generate import Sampling, compile_pays, generate, sample
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig  # noqa: E402
@@ -134,3 +135,53 @@ def test_sample_is_pure_and_validates_its_ranges():
                       (dict(top_p=1.5), "top_p"), (dict(top_k=0), "top_k")]:
         with pytest.raises(ConfigError, match=match):
             sample(logits, **kw)
+
+
+def test_the_decoding_step_follows_weights_changed_in_place(pair):
+    _, model = pair
+    before = tokens(model, PROMPTS, 8)
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.mul_(-1.0)
+    try:
+        assert tokens(model, PROMPTS, 8) == [uncached_greedy(model, p, 8) for p in PROMPTS] != before
+    finally:
+        with torch.no_grad():
+            model.blocks[0].attn.qkv.weight.mul_(-1.0)
+
+
+def test_compiled_decoding_gives_the_eager_tokens_and_falls_back_without_a_compiler(capfd):
+    """The step compiled with fixed shapes (the whole cache, a position tensor), padded rows included,
+    through torch.compile's aot_eager backend (inductor's C++ build takes a minute here: benchmarks/
+    generate.py --compiled checks its tokens); then inductor on a machine without a C++ compiler: one
+    warning line, and the eager step's tokens."""
+    import torch._dynamo
+    import torch._inductor.config as inductor
+
+    model = Decoder(DecoderConfig(vocab_size=VOCAB, n_layer=1, n_head=4, n_kv_head=2, n_embd=32,
+                                  max_seq_len=64)).eval()
+    eager = tokens(model, PROMPTS, 12, compiled=False)
+    assert DecodeStep.for_model(model).compile(backend="aot_eager")
+    assert tokens(model, PROMPTS, 12, compiled=True) == eager
+
+    other = Decoder(DecoderConfig(vocab_size=VOCAB, n_layer=1, n_head=4, n_embd=32, max_seq_len=64)).eval()
+    cxx = inductor.cpp.cxx
+    inductor.cpp.cxx = (None, "/nonexistent/c++")
+    try:
+        capfd.readouterr()
+        out = tokens(other, PROMPTS, 6, compiled=True)
+    finally:
+        inductor.cpp.cxx = cxx
+        torch._dynamo.reset()
+    assert out == tokens(other, PROMPTS, 6, compiled=False)
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: compiling the decoding step failed (InductorError); decoding eagerly"]
+
+
+def test_the_step_is_compiled_only_where_the_planned_steps_pay_for_it():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not compile_pays(cpu, step_s=0.01, steps_left=10**6)  # measured no faster on CPU
+    assert not compile_pays(cuda, step_s=0.001, steps_left=256)  # a short generation
+    assert compile_pays(cuda, step_s=0.001, steps_left=200_000)  # eval's many prompts, long completions
+    model = Decoder(DecoderConfig(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16, max_seq_len=64)).eval()
+    tokens(model, PROMPTS, 20, planned_steps=10**6)
+    assert DecodeStep.for_model(model).compiled is None  # auto on CPU: eager, nothing compiled

@@ -24,7 +24,7 @@ def cfg(**sections):
     ({"run": {"max_duration": "0ba"}}, r"run.max_duration: expected a positive duration"),
     ({"run": {"eval_interval": "50ba"}, "data": {"eval_split": 0}}, r"run.eval_interval: 50ba asks for evaluation"),
     ({"run": {"precision": "bf16"}}, r"run.precision: 'bf16' is not one of"),
-    ({"run": {"compile": "yes"}}, r"run.compile: expected true/false"),
+    ({"run": {"compile": "yes"}}, r"run.compile: expected true, false or auto, got 'yes'"),
     ({"run": {"fsdp": "full"}}, r"run.fsdp: expected a mapping or null"),
     ({"logging": {"loggers": ["console", "wandb"]}}, r"logging.loggers\[1\]: wandb needs the wandb package"),
 ])

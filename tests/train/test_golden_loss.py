@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import ROOT, run_rafale, train_losses  # noqa: E402
 
 GOLDEN = Path(__file__).with_name("golden_losses.json")
-ARGS = ("run.name=golden", "run.seed=7", "run.max_duration=4ba", "run.eval_interval=0ba")
+# fp32 eager, whatever run.precision auto and run.compile auto would choose on this machine
+ARGS = ("run.name=golden", "run.seed=7", "run.max_duration=4ba", "run.eval_interval=0ba", "run.precision=fp32",
+        "run.compile=false")
 
 
 def golden_losses(env: dict, out: Path) -> dict[int, float]:

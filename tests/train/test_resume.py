@@ -1,4 +1,5 @@
-"""Resume and determinism, end to end: real `python -m rafale run` processes on a micro config."""
+"""Resume and determinism, end to end: real `python -m rafale run` processes on a micro config, under bf16
+autocast (fp32 is what the golden losses pin)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from train_helpers import rafale_cmd, run_rafale, train_losses
 
-STEPS = ["run.max_duration=40ba", "run.save_interval=4ba", "run.eval_interval=20ba"]
+STEPS = ["run.max_duration=40ba", "run.save_interval=4ba", "run.eval_interval=20ba", "run.precision=amp_bf16"]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_run_reports_mfu_and_draws_loss_curves(reference, tmp_path):
 
     summary = json.loads((reference / "manifest.json").read_text())["summary"]
     assert summary["tokens_per_second"] > 0 and 0 < summary["mfu"] < 1
-    assert summary["peak_source"] == "measured fp32 matmul"
+    assert summary["peak_source"] == "measured bf16 matmul" and summary["precision"] == "amp_bf16"
     assert (reference / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     train, evals = read_metrics(reference)
     assert len(train) == 40 and [t for t, _ in evals] == [20 * 256, 40 * 256]

@@ -53,7 +53,9 @@ def test_fsdp_reaches_composer_parallelism_config(tok300):
 
 def test_compile_clip_and_microbatch_options(tok300):
     kw = _kwargs(_cfg(tok300, run={"compile": True, "device_batch_size": 2}, optim={"clip_type": "value", "clip_norm": 0.5}))
-    assert kw["compile_config"] == {}
+    from rafale.train.compiling import inductor_or_eager
+
+    assert kw["compile_config"] == {"backend": inductor_or_eager}  # inductor, with the eager fallback
     assert kw["device_train_microbatch_size"] == 2
     (clip,) = kw["algorithms"]
     assert (clip.clipping_type, clip.clipping_threshold) == ("value", 0.5)
