@@ -181,7 +181,8 @@ def build_trainer(plan: Plan, model, data: PreparedData, callbacks: list, say: C
     cfg, rd = plan.cfg, plan.run_dir
     train_dl, eval_dl = dataloaders(plan, data, model)
     done = int(m.group(1)) if rd.resume_from and (m := re.search(r"-ba(\d+)-", rd.resume_from.resolve().name)) else 0
-    steps = planned_steps(cfg.run.max_duration, len(train_dl), cfg.data.train_batch_size * cfg.data.block_size, done)
+    per_epoch = None if cfg.data.streaming else len(train_dl)  # a stream's length is unknown
+    steps = planned_steps(cfg.run.max_duration, per_epoch, cfg.data.train_batch_size * cfg.data.block_size, done)
     compiled = decide(plan, steps)
     say.print(compiled.why, highlight=False)
     kwargs = trainer_kwargs(plan, model, train_dl, eval_dl, callbacks=[*callbacks, StepTimes(plan, compiled.compile)],
