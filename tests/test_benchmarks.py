@@ -20,6 +20,7 @@ def bench(script: str, *args: str) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.bench
 def test_train_benchmark_compares_three_ways():
     line = bench("train.py", "--steps", "1", "--warmup", "0", "--vocabs", "512", "--threads", "1")
     for way in ("composer", "plain", "hf"):
@@ -30,6 +31,7 @@ def test_train_benchmark_compares_three_ways():
                                       "composer_vs_hf_bf16", "malloc_tuning_composer_fp32", "default_vs_hf_default"}
 
 
+@pytest.mark.bench
 @pytest.mark.parametrize("script,args,keys", [
     ("datapipe.py", ["--mb", "0.3"], ["naive_tok_s", "encode_batch_tok_s", "rafale_tok_s", "rafale_peak_rss_mb"]),
     ("generate.py", ["--repeats", "1", "--long", "64", "--command-tokens", "8", "--command-repeats", "1"],
