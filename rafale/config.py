@@ -152,7 +152,7 @@ class DataConfig:
     shuffle_buffer: Union[int, None] = 10000  # streaming: blocks shuffled in a buffer of this many; null = in order
     eval_documents: int = 1000  # streaming: the first N documents are the eval split when the source has none
     stream_batch: int = 2048  # streaming: documents read and tokenized at a time (one batch is read ahead)
-    storage_options: Union[dict, None] = None  # streaming: fsspec options for s3:// gs:// hf:// sources
+    storage_options: Union[dict, None] = None  # streaming: fsspec options for s3:// gs:// hf:// URLs and hub ids
 
 
 # ---- logging ----------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ Supported sources:
   `data.txt_document: file`. `.jsonl`/`.json`/`.parquet`/`.csv`: one document per row, columns by name;
 - a `Dataset`/`DatasetDict` folder written by `datasets`' `save_to_disk`;
 - a hub dataset id (`owner/name`, or `hf:name` for ids without an owner), loaded with
-  `datasets.load_dataset` (config `data.hub_config`, revision `data.hub_revision`).
+  `datasets.load_dataset` (config `data.hub_config`, revision `data.hub_revision`);
+- with `data.streaming: true`, files behind an fsspec URL (`s3://bucket/c4/*.jsonl`, `gs://...`,
+  `hf://datasets/...`; a file, a glob or a folder), opened with `data.storage_options` and never copied.
 
 Text must be UTF-8: a file that is not fails with its path and the byte offset of the first bad byte
 (re-encode it; rafale never guesses an encoding, so the tokens are exactly what the file says).
@@ -49,9 +51,11 @@ def describe(cfg: DataConfig) -> str:
 
 
 def kind(cfg: DataConfig) -> str:
-    """synthetic | files | disk (save_to_disk) | hub."""
+    """synthetic | files | disk (save_to_disk) | hub | remote (fsspec URLs)."""
     items = _sources(cfg)
     first = items[0]
+    if "://" in first:
+        return "remote"
     if len(items) == 1 and first.startswith("synthetic:"):
         return "synthetic"
     if len(items) == 1 and first.startswith("hf:"):
@@ -93,6 +97,44 @@ def _files(cfg: DataConfig) -> list[Path]:
     return files
 
 
+def remote_files(cfg: DataConfig) -> list[str]:
+    """The files behind a remote source's URLs (globs and folders expanded, sorted), as URLs.
+
+    Raises:
+        DataError: a URL that cannot be listed (naming it and the reason), or one that holds no data file.
+    """
+    import fsspec
+
+    urls: list[str] = []
+    for item in _sources(cfg):
+        if "://" not in item:
+            raise DataError(f"data.source: {item!r} is local while {_sources(cfg)[0]!r} is a URL; list sources "
+                            f"of one kind")
+        try:
+            fs, path = fsspec.core.url_to_fs(item, **(cfg.storage_options or {}))
+            if globlib.has_magic(path):
+                found = sorted(fs.glob(path))
+            elif fs.isdir(path):
+                found = sorted(fs.find(path))
+            else:
+                found = [path] if fs.exists(path) else []
+        except Exception as e:  # a missing protocol package, credentials, the network: say which
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise DataError(f"data.source: cannot list {item!r}: {first}") from None
+        found = [p for p in found if Path(p).suffix in FILE_SUFFIXES]
+        if not found:
+            raise DataError(f"data.source: {item!r} holds no {'/'.join(FILE_SUFFIXES)} file")
+        urls.extend(fs.unstrip_protocol(p) for p in found)
+    return urls
+
+
+def remote_sizes(cfg: DataConfig, urls: list[str]) -> list[int | None]:
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(urls[0], **(cfg.storage_options or {}))
+    return [fs.info(u).get("size") for u in urls]
+
+
 def fingerprint(cfg: DataConfig) -> dict:
     common = {"source": cfg.source, "max_documents": cfg.max_documents, "shuffle": cfg.shuffle,
               "train_split_name": cfg.train_split_name, "eval_split_name": cfg.eval_split_name,
@@ -105,6 +147,12 @@ def fingerprint(cfg: DataConfig) -> dict:
         return {**common, "generator": code}
     if k == "hub":
         return {**common, "hub": _hub_id(cfg), "config": cfg.hub_config, "revision": cfg.hub_revision}
+    if k == "remote":  # URLs and sizes: listing a bucket reads no object
+        if not cfg.streaming:
+            raise DataError(f"data.source: {_sources(cfg)[0]!r} is a URL; remote files are read with "
+                            f"data.streaming: true (nothing is copied to disk)")
+        urls = remote_files(cfg)
+        return {**common, "txt_document": cfg.txt_document, "files": [list(f) for f in zip(urls, remote_sizes(cfg, urls))]}
     files = sorted(p for p in Path(_sources(cfg)[0]).rglob("*") if p.is_file()) if k == "disk" else _files(cfg)
     fp = {**common, "txt_document": cfg.txt_document}
     if cfg.fingerprint == "content":

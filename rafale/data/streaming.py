@@ -38,7 +38,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -87,19 +87,22 @@ def open_split(cfg: DataConfig, split: str):
             return None if name is None else datasets.load_dataset(
                 hub, cfg.hub_config, revision=cfg.hub_revision, split=name, streaming=True,
                 storage_options=cfg.storage_options)
-        files = [p for p in sources._files(cfg) if sources._split_of(p, cfg) == split]
+        every = sources.remote_files(cfg) if k == "remote" else [str(p) for p in sources._files(cfg)]
+        files = [f for f in every if sources._split_of(PurePosixPath(f), cfg) == split]
         if split == "train" and not files:  # every file is named like an eval split: they are all train
-            files = sources._files(cfg)
+            files = every
         if not files:
             return None
-        suffixes = {BUILDERS[p.suffix] for p in files}
+        suffixes = {BUILDERS[PurePosixPath(f).suffix] for f in files}
         if len(suffixes) > 1:
             raise DataError(f"data.source: streaming reads one kind of file at a time; found "
-                            f"{', '.join(sorted(p.suffix for p in files))}")
+                            f"{', '.join(sorted({PurePosixPath(f).suffix for f in files}))}")
         kwargs = {"sample_by": "paragraph" if cfg.txt_document == "paragraph" else "document"} \
             if suffixes == {"text"} else {}
-        return datasets.load_dataset(suffixes.pop(), data_files={split: [str(p) for p in files]}, split=split,
-                                     streaming=True, **kwargs)
+        if k == "remote":
+            kwargs["storage_options"] = cfg.storage_options or {}
+        return datasets.load_dataset(suffixes.pop(), data_files={split: files}, split=split, streaming=True,
+                                     **kwargs)
     except DataError:
         raise
     except Exception as e:

@@ -72,6 +72,34 @@ def test_stream_gives_the_cached_blocks_in_order(prepared):
                                                     for i in range(len(ev_cached)))
 
 
+
+def test_files_behind_a_url_stream_like_local_ones(prepared, corpus, tmp_path):
+    """fsspec's in-memory filesystem stands in for a bucket: the same files behind memory:// URLs (a glob and
+    a file) give the same blocks and the same held-out split, with sizes in the fingerprint."""
+    import fsspec
+
+    from rafale.data import sources
+
+    cached, _ = prepared
+    d, _ = corpus
+    fs = fsspec.filesystem("memory")
+    for name in ("part0.jsonl", "part1.jsonl", "validation.jsonl"):
+        fs.pipe(f"/bucket/{tmp_path.name}/{name}", (d / name).read_bytes())
+    urls = [f"memory://bucket/{tmp_path.name}/part*.jsonl", f"memory://bucket/{tmp_path.name}/validation.jsonl"]
+    cfg = data_cfg(urls, streaming=True, shuffle_buffer=None, storage_options={})
+    assert sources.kind(cfg) == "remote"
+    fp = sources.fingerprint(cfg)
+    assert [size for _, size in fp["files"]] == [(d / n).stat().st_size for n in
+                                                  ("part0.jsonl", "part1.jsonl", "validation.jsonl")]
+    stream = prepare(cfg, tokenizer=cached.tokenizer)
+    train, blocks = cached.dataset("train"), list(stream.dataset("train"))
+    assert len(blocks) == len(train) and all(torch.equal(b, train[i]) for i, b in enumerate(blocks))
+    assert len(stream.dataset("eval")) == len(cached.dataset("eval"))
+    with pytest.raises(DataError, match="holds no"):
+        sources.fingerprint(data_cfg(["memory://bucket/nothing-here/*.jsonl"], streaming=True))
+    with pytest.raises(DataError, match="data.streaming: true"):
+        sources.fingerprint(data_cfg(urls))
+
 def shuffled(stream, **kw):
     return StreamingBlocks(stream.cfg.__class__(**{**vars(stream.cfg), "shuffle_buffer": 40, **kw}),
                            stream.tokenizer)
