@@ -264,18 +264,24 @@ def export_final(model, data: PreparedData, run_dir: Path, lora=None) -> Path:
     return final
 
 
-def unigram_eval_loss(data: PreparedData, max_tokens: int | None = None) -> float | None:
-    """Cross-entropy of a unigram model (add-one smoothed train counts) on the evaluated targets (causal_lm only)."""
-    if data.meta["pipeline"] != "causal_lm" or data.meta.get("streaming"):
-        return None
-    train, evals = data.dataset("train"), data.dataset("eval")
+def evaluated_targets(data: PreparedData, max_tokens: int | None) -> np.ndarray | None:
+    """The eval targets (examples, block_size - 1) the final evaluation scored: the examples data.eval_max_tokens
+    selects (trainer.eval_indices), each block without its first token (causal_lm only)."""
+    evals = data.dataset("eval") if data.meta["pipeline"] == "causal_lm" else None
     if evals is None:
         return None
-    counts = train.unigram_counts(data.tokenizer.vocab_size).astype(np.float64) + 1.0
-    logp = np.log(counts / counts.sum())
     blocks = np.asarray(evals.tokens).reshape(-1, evals.block_size)
     idx = eval_indices(len(blocks), max_tokens, evals.block_size)
-    targets = (blocks if isinstance(idx, range) else blocks[idx])[:, 1:]  # what the model is scored on
+    return (blocks if isinstance(idx, range) else blocks[idx])[:, 1:]
+
+
+def unigram_eval_loss(data: PreparedData, max_tokens: int | None = None) -> float | None:
+    """Cross-entropy of a unigram model (add-one smoothed train counts) on the evaluated targets (causal_lm only)."""
+    targets = None if data.meta.get("streaming") else evaluated_targets(data, max_tokens)
+    if targets is None:
+        return None
+    counts = data.dataset("train").unigram_counts(data.tokenizer.vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
     return float(-logp[targets].mean())
 
 
@@ -292,15 +298,13 @@ def held_out(plan: Plan, data: PreparedData) -> dict | None:
     return out
 
 
-def eval_bits_per_byte(data: PreparedData, eval_loss: float | None, max_tokens: int = 1 << 20) -> float | None:
-    """The eval loss in bits per UTF-8 byte (causal_lm only): nats per target token times the eval split's
-    tokens per byte, which decoding the targets of its first `max_tokens` tokens measures. End-of-text
-    tokens count in the loss but add no bytes, as in `rafale eval --data`'s scoring of documents."""
-    evals = data.dataset("eval") if data.meta["pipeline"] == "causal_lm" and eval_loss is not None else None
-    if evals is None:
+def eval_bits_per_byte(data: PreparedData, eval_loss: float | None, max_tokens: int | None) -> float | None:
+    """The eval loss in bits per UTF-8 byte (causal_lm only): nats per target token times the tokens per byte of
+    the same evaluated targets, measured by decoding them. End-of-text tokens count in the loss but add no
+    bytes, as in `rafale eval --data`'s scoring of documents."""
+    targets = None if eval_loss is None else evaluated_targets(data, max_tokens)
+    if targets is None:
         return None
-    n = max(1, min(len(evals), max_tokens // evals.block_size)) * evals.block_size
-    targets = np.asarray(evals.tokens[:n]).reshape(-1, evals.block_size)[:, 1:]
     texts = data.tokenizer.tokenizer.decode_batch(targets.tolist(), skip_special_tokens=True)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     return eval_loss * targets.size / (math.log(2) * n_bytes) if n_bytes else None
@@ -324,7 +328,7 @@ def summarize(plan: Plan, trainer, stats: cb.RunStats, data: PreparedData, model
     return {"steps": ts.batch.value, "tokens": ts.token.value, "precision": plan.precision,
             **({"precision_why": plan.precision_why} if plan.precision_why else {}), "train_loss": stats.train_loss,
             "eval_loss": stats.eval_loss, "eval_perplexity": stats.eval_ppl,
-            "eval_bits_per_byte": eval_bits_per_byte(data, stats.eval_loss),
+            "eval_bits_per_byte": eval_bits_per_byte(data, stats.eval_loss, cfg.data.eval_max_tokens),
             **{f"eval_{k}": v for k, v in stats.eval_extra.items()},
             "unigram_eval_loss": unigram_eval_loss(data, cfg.data.eval_max_tokens), "held_out": held_out(plan, data),
             "tokens_per_second": round(tps, 1),
