@@ -6,13 +6,14 @@ Nothing is downloaded.
 """
 
 import dataclasses
+import json
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from rafale.errors import ModelError
-from rafale.models import export_model, load_pretrained
+from rafale.models import build_model, export_model, load_pretrained
 from rafale.models.encoder import Encoder, EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
 from rafale.models.encoder_weights import BERT, HEAD_CLASSES, encoder_config_from_hf
 from rafale.models.registry import encoders, get_config
@@ -119,6 +120,18 @@ def test_backbone_checkpoint_into_classifier_reports_fresh_head(tmp_path):
     with torch.no_grad():
         hidden = model.encoder(ids, attention_mask=mask, token_type_ids=token_types)
     assert_same_outputs(hidden, hf_output(hf_model, ids, mask, token_types), mask)
+
+
+def test_a_fresh_head_is_initialised_from_the_run_seed(tmp_path):
+    _, path = save_hf("BertModel", tmp_path)
+    config = encoder_config_from_hf(json.loads((path / "config.json").read_text()))
+    heads = []
+    for before, seed in enumerate((1, 1, 2)):
+        torch.manual_seed(before)  # whatever the process drew before, the run's seed decides
+        model, report = build_model(config, head="classification", weights=path, num_labels=3, seed=seed)
+        assert sorted(report.initialized) == ["classifier.bias", "classifier.weight"] and model.training
+        heads.append(model.classifier.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
 
 
 def test_mlm_checkpoint_into_classifier_reports_both_heads(tmp_path):
