@@ -43,3 +43,17 @@ def test_decoder_dropout_only_in_training(name):
     model.eval()
     assert torch.equal(model(ids), model(ids))
     assert torch.equal(model(ids, attention_mask=torch.ones_like(ids)), model(ids, attention_mask=torch.ones_like(ids)))
+
+
+@pytest.mark.parametrize("T, dtype", [(256, torch.float32), (257, torch.bfloat16)])
+def test_cpu_bf16_autocast_attends_in_fp32_for_short_sequences(T, dtype):
+    from rafale.models.decoder import sdpa
+
+    q, k, v = (torch.randn(2, 2, T, 16, requires_grad=True) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sdpa(q, k, v, None, True, 0.0)
+    assert y.dtype == dtype
+    if dtype == torch.float32:  # the very numbers of fp32 attention, gradients flowing back to every input
+        torch.testing.assert_close(y, torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+        y.sum().backward()
+        assert all(t.grad is not None for t in (q, k, v))
