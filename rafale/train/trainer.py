@@ -19,9 +19,15 @@ from composer.core import Time
 from composer.models import ComposerModel
 from composer.optim import (ConstantScheduler, ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler,
                             DecoupledAdamW, LinearWithWarmupScheduler)
-from composer.utils import create_interval_scheduler, dist
+from composer.utils import collect_env, create_interval_scheduler, dist
 
 from rafale.config import Config
+from rafale.train.mfu import cpu_name
+
+# Composer asks py-cpuinfo for the CPU's name, at every Trainer init and every checkpoint save, to store it in
+# the checkpoint's metadata; py-cpuinfo starts a Python subprocess for it, 1.1 s each time here. /proc/cpuinfo
+# gives the same name (py-cpuinfo's brand_raw on Linux) at once.
+collect_env.get_cpu_model = cpu_name
 
 # Composer warns when the last eval batch is smaller than the eval microbatch: expected, and harmless.
 warnings.filterwarnings("ignore", message="Cannot split tensor of length")

@@ -100,3 +100,16 @@ def test_mlm_eval_masks_are_the_same_at_every_evaluation(tok300):
     evals, train = tr.collate_fn(cfg, MLMData, None, "eval"), tr.collate_fn(cfg, MLMData, None, "train")
     assert torch.equal(evals(blocks)["labels"], evals(blocks)["labels"])
     assert not torch.equal(train(blocks)["labels"], train(blocks)["labels"])  # training: fresh masks each time
+
+
+def test_composer_reads_the_cpu_name_without_py_cpuinfo(monkeypatch):
+    import cpuinfo
+    from composer.utils import collect_env
+
+    from rafale.train.mfu import cpu_name
+
+    def probe():
+        raise AssertionError("py-cpuinfo's subprocess probe ran")
+
+    monkeypatch.setattr(cpuinfo, "get_cpu_info", probe)
+    assert collect_env.get_composer_env_dict()["cpu_model"] == cpu_name()  # what checkpoints store
