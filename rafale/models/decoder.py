@@ -12,9 +12,9 @@ Notable choices:
   cos/sin are precomputed in fp32 for `max_seq_len` positions over the whole head (cos 1 and sin 0 past the
   rotary dims, so rope is 4 ops on every dim) and kept as buffers outside the state dict;
   Llama 3.1/3.2 frequency scaling ("llama3" rope type) is supported through `rope_scaling`.
-- Attention is F.scaled_dot_product_attention. Training (no cache, no padding) takes the `is_causal` fast
-  path; a KV cache, a padding mask or packed rows' segment ids build one boolean mask per forward, shared
-  by all layers. Grouped kv heads are repeated explicitly rather than through SDPA's enable_gqa, which is
+- Attention is F.scaled_dot_product_attention (through models/attention.py). Training (no cache, no
+  padding) takes the `is_causal` fast path; a KV cache, a padding mask or packed rows' segment ids build
+  one boolean mask per forward, shared by all layers. Grouped kv heads are repeated explicitly rather than through SDPA's enable_gqa, which is
   slow on CPU; when decoding one token, each group of query heads shares its kv head without any copy.
 - The KV cache is preallocated, (B, n_kv_head, max_len, head_dim) per layer, and written in place at a
   position counter: no torch.cat, and the cache is never regrown or copied while decoding.
@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-FP32_ATTENTION_MAX_T = 256  # see sdpa
+from rafale.models.attention import sdpa
+
 LLAMA3_ROPE_KEYS = {"factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len"}
 
 
@@ -193,21 +194,6 @@ def embedding(num: int, dim: int) -> nn.Embedding:
     for numbers nobody reads. On a real device it is nn.Embedding as it is, random numbers included."""
     on_meta = torch.empty(0).is_meta  # inside `with torch.device("meta")`
     return nn.Embedding(num, dim, _weight=torch.empty(num, dim) if on_meta else None)
-
-
-def sdpa(q, k, v, mask, is_causal: bool, dropout_p: float) -> torch.Tensor:
-    """F.scaled_dot_product_attention, in fp32 under CPU bf16 autocast for up to FP32_ATTENTION_MAX_T queries.
-
-    On a CPU, SDPA's fused kernel is slower in bf16 than in fp32 for short sequences: forward plus backward
-    of (8, 4, 256, 32) took 14.5 ms in bf16 and 10.6 ms in fp32, (8, 8, 128, 16) 14.6 and 3.0 ms; from 512
-    queries on, bf16 is faster (61.7 vs 56.1 ms at (4, 8, 512, 64)). q and k are fp32 already there (rope's
-    tables are), so only v is cast; the output projection casts back to bf16 as autocast does anyway.
-    """
-    if q.device.type == "cpu" and q.size(-2) <= FP32_ATTENTION_MAX_T and torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
-                                                  is_causal=is_causal, dropout_p=dropout_p)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
 
 
 # ---- KV cache --------------------------------------------------------------------------------------------

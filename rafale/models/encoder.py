@@ -5,9 +5,9 @@ enough that their safetensors load through a flat name map (`encoder_weights.py`
 to 1e-5 in fp32 (`tests/models/test_encoder.py`). Notable choices:
 
 - Post-LN blocks, as in BERT: x = LN(x + attn(x)), then x = LN(x + mlp(x)); exact (erf) GELU.
-- Attention is torch's `scaled_dot_product_attention`. Padding keys are hidden from every query with a
-  (B, 1, 1, T) boolean mask built from the usual (B, T) 1/0 `attention_mask`; pad queries still produce
-  outputs (as in HF), which losses and poolers ignore.
+- Attention is torch's `scaled_dot_product_attention` (through models/attention.py). Padding keys are
+  hidden from every query with a (B, 1, 1, T) boolean mask built from the usual (B, T) 1/0
+  `attention_mask`; pad queries still produce outputs (as in HF), which losses and poolers ignore.
 - RoBERTa is BERT with other data plus two switches:
   `position_offset`: 0 for BERT (positions 0..T-1); pad_token_id + 1 for RoBERTa, whose positions count
   only non-pad tokens and start after the pad id (fairseq's scheme), so pads sit on position pad_token_id.
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from rafale.models.attention import sdpa
 
 
 @dataclass
@@ -104,7 +106,7 @@ class Attention(nn.Module):
         q, k, v = (lin(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
                    for lin in (self.query, self.key, self.value))
         dropout_p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = sdpa(q, k, v, mask, False, dropout_p)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)
 

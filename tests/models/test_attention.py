@@ -47,7 +47,7 @@ def test_decoder_dropout_only_in_training(name):
 
 @pytest.mark.parametrize("T, dtype", [(256, torch.float32), (257, torch.bfloat16)])
 def test_cpu_bf16_autocast_attends_in_fp32_for_short_sequences(T, dtype):
-    from rafale.models.decoder import sdpa
+    from rafale.models.attention import sdpa
 
     q, k, v = (torch.randn(2, 2, T, 16, requires_grad=True) for _ in range(3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
