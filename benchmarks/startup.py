@@ -2,8 +2,12 @@
 plain loop as whole processes; one JSON line.
 
   commands   each command that does not train, and `rafale run`, under `python -X importtime`: wall and CPU time,
-             the import time of torch (and of Composer for `run`), which nobody can avoid, and the rest
-             ("own": rafale's imports, its work, Python's start), plus which heavy packages got loaded
+             the import time of torch (and of Composer for `run`), which nobody can avoid, the rest
+             ("own": rafale's imports, its work, Python's start), plus which heavy packages got loaded; and
+             "own_beyond_baseline_s": the median wall time of three runs beyond the median of three
+             processes that only import what the command had to (torch; Composer too for `run`; nothing
+             for `cache list` and `plot`) and exit, taking turns: Python's start and torch's teardown are
+             in that baseline, so this is what rafale adds
   whole      `rafale run` of --steps batches of a pythia-14m-shaped model (seq 256, batch 8, the
              tokenizer's vocabulary up to --vocab), data already cached, no evaluation and no sample, against
              a script that trains transformers' GPTNeoXForCausalLM of the same shape for as many steps
@@ -67,6 +71,14 @@ def timed(args: list[str], cwd: Path, env: dict) -> dict:
     unavoidable = {m: round(imp[m], 3) for m in ("torch", "composer") if m in imp}
     return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "import_s": unavoidable,
             "own_s": round(wall - sum(unavoidable.values()), 3), "loaded": [m for m in WATCH if m in imp]}
+
+
+def baseline_wall(imports: str, cwd: Path, env: dict) -> float:
+    """Wall seconds of a process that only runs `imports` under -X importtime, as `timed` runs rafale."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-X", "importtime", "-c", imports], cwd=cwd, env=env, capture_output=True,
+                   check=True)
+    return time.perf_counter() - t
 
 
 HF_LOOP = """
@@ -144,6 +156,16 @@ def main() -> None:
             "plot": ["plot", run_dir, "-o", "loss.png"],
         }
         per_command = {name: timed(cmd, work, env) for name, cmd in commands.items()}
+        for name, row in per_command.items():  # the command and its baseline take turns, three times each
+            imports = ("import torch, composer" if "composer" in row["import_s"] else
+                       "import torch" if "torch" in row["import_s"] else "pass")
+            walls, bases = [row["wall_s"]], []
+            for i in range(3):
+                bases.append(baseline_wall(imports, work, env))
+                if i < 2:
+                    walls.append(timed(commands[name], work, env)["wall_s"])
+            row["baseline"] = imports
+            row["own_beyond_baseline_s"] = round(statistics.median(walls) - statistics.median(bases), 3)
     print(json.dumps({"benchmark": "startup", "steps": args.steps, "seq": SEQ, "batch": BATCH,
                       "threads": os.cpu_count(), "whole_process": whole, "commands": per_command}))
 
