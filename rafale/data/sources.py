@@ -164,6 +164,29 @@ def fingerprint(cfg: DataConfig) -> dict:
     return fp
 
 
+def fingerprint_change(old: dict, new: dict, allowed: str | None = None) -> str | None:
+    """How the source changed between two fingerprints, or None: its id, revision or generator, the files
+    listed, or a file's size (or checksum, under data.fingerprint: content); a file touched but not resized
+    is no change.
+
+    `allowed`: a file the run stopped on (a bad line); fixing it does not count as a change."""
+    for key in ("hub", "config", "revision", "source", "max_documents", "generator"):
+        if old.get(key) != new.get(key):
+            return f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+    before = {p: size for p, size, *_ in old.get("files", [])}
+    after = {p: size for p, size, *_ in new.get("files", [])}
+    if list(before) != list(after):
+        gone, added = sorted(set(before) - set(after)), sorted(set(after) - set(before))
+        return "; ".join(filter(None, [gone and f"files removed: {', '.join(gone)}",
+                                       added and f"files added: {', '.join(added)}"])) or "the files' order changed"
+    for p in before:
+        if before[p] != after[p] and p != (str(Path(allowed).resolve()) if allowed else None):
+            if isinstance(before[p], int) and isinstance(after[p], int):
+                return f"{p} changed size {before[p]:,} -> {after[p]:,} bytes"
+            return f"{p} changed content"
+    return None
+
+
 # ---- loading ----------------------------------------------------------------------------------------
 def load_splits(cfg: DataConfig, fields: list[str]) -> dict[str, dict[str, list]]:
     """Load the source as {"train": columns, "eval": columns} holding at least `fields`.

@@ -413,47 +413,18 @@ def check(cfg: DataConfig, tok: TokenizerInfo, log, blocks: int = 64) -> dict:
     return {"blocks": n, "tokens_per_second": tps}
 
 
-def fingerprint_change(old: dict, new: dict, allowed: str | None = None) -> str | None:
-    """How the source changed between two fingerprints (id, revision, files and sizes), or None.
-
-    `allowed`: a file the run stopped on (a bad line); fixing it does not count as a change."""
-    for key in ("hub", "config", "revision", "source", "max_documents", "generator"):
-        if old.get(key) != new.get(key):
-            return f"{key} {old.get(key)!r} -> {new.get(key)!r}"
-    before = {p: size for p, size, *_ in old.get("files", [])}
-    after = {p: size for p, size, *_ in new.get("files", [])}
-    if list(before) != list(after):
-        gone, added = sorted(set(before) - set(after)), sorted(set(after) - set(before))
-        return "; ".join(filter(None, [gone and f"files removed: {', '.join(gone)}",
-                                       added and f"files added: {', '.join(added)}"])) or "the files' order changed"
-    for p in before:
-        if before[p] != after[p] and p != (str(Path(allowed).resolve()) if allowed else None):
-            return f"{p} changed size {before[p]:,} -> {after[p]:,} bytes"
-    return None
-
-
-def check_plan(cfg, run_dir, fp: dict) -> None:
-    """A streaming run's own checks, at plan time: durations a stream can give, and on resume the same source.
+def check_duration(cfg) -> None:
+    """A stream's run must be given in batches or tokens: its length is unknown until it ends.
 
     Raises:
-        ConfigError: max_duration in epochs with several processes.
-        RunStateError: a resumed run whose source changed since its checkpoint (naming the change).
+        ConfigError: run.max_duration in epochs.
     """
     from composer.core import Time, TimeUnit
-    from composer.utils import dist
 
-    from rafale.errors import ConfigError, RunStateError
+    from rafale.errors import ConfigError
 
     if Time.from_timestring(cfg.run.max_duration).unit == TimeUnit.EPOCH:
         raise ConfigError(f"run.max_duration: {cfg.run.max_duration} with data.streaming; a stream's length is "
                           f"unknown until it ends, and Composer needs one for epochs and for the schedule; give "
                           f"the duration in ba or tok (one pass of the stream then ends an epoch)")
-    if run_dir is None or run_dir.resume_from is None:
-        return
-    manifest = json.loads((run_dir.path / "manifest.json").read_text())
-    old = manifest.get("data_fingerprint")
-    change = fingerprint_change(old, fp, manifest.get("data_error_file")) if old else None
-    if change:
-        raise RunStateError(f"{run_dir.path}: cannot resume: data.source changed since the checkpoint ({change}); "
-                            f"the stream's position would not mean the same documents; restore the source, "
-                            f"or FORCE=1 to start over")
+

@@ -12,7 +12,7 @@ What a run will do, in the order it is resolved (each fact once, each check as s
     device     cpu or gpu, the precision (auto on a CPU: bf16 autocast where its measured matmul peak is
                clearly above fp32's), FSDP, the processes and the batch each one takes
     run_dir    new, resume (and why), start over (FORCE=1), or refused: finished, changed config,
-               unreadable checkpoint
+               unreadable checkpoint, a source changed since the checkpoint
     room       the run directory and the cache are writable and have room (preflight.py)
     data       the source's fingerprint and the tokenizer (loaded, or trained once and cached): a model
                trained from scratch takes the tokenizer's vocabulary, padded to a multiple of 64
@@ -26,6 +26,7 @@ Errors name the config key or the path; the CLI adds the config file's name.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from rafale.config import Config
 from rafale.data import sources
 from rafale.data.prepare import pipeline_module
 from rafale.data.tokenizer import TokenizerInfo, get_tokenizer, load_tokenizer
-from rafale.errors import ConfigError, ModelError
+from rafale.errors import ConfigError, ModelError, RunStateError
 from rafale.models import CAUSAL_LM_CONFIGS, DecoderConfig, EncoderConfig, model_from_config, resolve_model_config
 from rafale.train import mfu, preflight
 from rafale.train.checkpoints import check_readable, check_same_base
@@ -114,9 +115,11 @@ def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=prin
         check_same_base(run_dir.resume_from, run_dir.path, cfg.model.weights, lora.base_fingerprint)
     fingerprint = sources.fingerprint(cfg.data)  # a missing source fails here, before FORCE=1 removes a run
     if cfg.data.streaming:
-        from rafale.data.streaming import check_plan
+        from rafale.data.streaming import check_duration
 
-        check_plan(cfg, run_dir, fingerprint)
+        check_duration(cfg)
+    if run_dir is not None and run_dir.resume_from is not None:
+        check_same_source(run_dir.path, fingerprint)
     tokenizer = load_tokenizer(cfg.data.tokenizer.path) if cfg.data.tokenizer.path else None
     if run_dir is not None:  # the estimate takes the largest vocabulary the tokenizer can have
         vocab = tokenizer.vocab_size if tokenizer else cfg.data.tokenizer.train.vocab_size
@@ -239,6 +242,22 @@ def parallelism_config(cfg: Config, device: str) -> dict | None:
     if device != "gpu":
         raise ConfigError("run.fsdp: FSDP needs GPUs (NCCL); drop it to train with DDP on CPU")
     return {"fsdp": dict(cfg.run.fsdp)}
+
+
+def check_same_source(run_dir: Path, fp: dict) -> None:
+    """A resumed run reads the source its checkpoint's data position was taken in (the manifest's fingerprint):
+    a changed source would give other examples at that position, streamed or cached.
+
+    Raises:
+        RunStateError: the source changed, naming how (sources.fingerprint_change).
+    """
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    old = manifest.get("data_fingerprint")  # none in a run begun before fingerprints were recorded
+    change = sources.fingerprint_change(old, fp, manifest.get("data_error_file")) if old else None
+    if change:
+        raise RunStateError(f"{run_dir}: cannot resume: data.source changed since the checkpoint ({change}); the "
+                            f"checkpoint's position in the data would not mean the same examples; restore the "
+                            f"source, or FORCE=1 to start over")
 
 
 def per_process(cfg: Config, key: str) -> int:

@@ -74,3 +74,29 @@ def test_run_reports_mfu_and_draws_loss_curves(reference, tmp_path):
     assert len(train) == 40 and [t for t, _ in evals] == [20 * 256, 40 * 256]
     out = plot_runs([reference, reference], tmp_path / "both.png")
     assert out.stat().st_size > 10_000
+
+
+def test_a_resume_whose_source_changed_is_refused(rafale_env, reference, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    from rafale.config import load_config
+    from rafale.errors import RunStateError
+    from rafale.train.plan import make_plan
+
+    monkeypatch.setenv("RAFALE_CACHE", rafale_env["RAFALE_CACHE"])
+    run = tmp_path / reference.name
+    shutil.copytree(reference, run)  # the finished reference, made to look interrupted
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    raw["run"]["output_dir"] = str(tmp_path)
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["status"] = "running"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    cfg = load_config(run / "config.yaml")
+    assert make_plan(cfg, log=lambda *a, **k: None).run_dir.resume_from is not None  # the same source resumes
+    manifest["data_fingerprint"]["generator"] = "0" * 16  # as if the embedded corpus had been generated otherwise
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunStateError, match=r"cannot resume: data.source changed since the checkpoint \(generator"):
+        make_plan(cfg, log=lambda *a, **k: None)

@@ -3,7 +3,7 @@
 In this process: the same blocks as the cached path, an exact position at any block (with the shuffle
 buffer), disjoint shares for two processes, the eval documents never trained on, a corrupt line named.
 End to end (real `python -m rafale run` processes): SIGKILL after a checkpoint, then resume, gives the
-losses of an uninterrupted run; a source changed since the checkpoint is refused.
+losses of an uninterrupted run; a source changed since the checkpoint is refused (streamed or cached).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 
 from rafale.config import config_from_dict
 from rafale.data.prepare import prepare
-from rafale.data.streaming import StreamingBlocks, fingerprint_change
+from rafale.data.sources import fingerprint_change
+from rafale.data.streaming import StreamingBlocks
 from rafale.data.synthetic import load_synthetic
 from rafale.errors import DataError
 
@@ -171,24 +172,25 @@ def test_a_corrupt_line_is_named_and_fixing_it_is_no_source_change(tmp_path, pre
     assert fingerprint_change(before, after, allowed=str(tmp_path / "b.jsonl")) is None
 
 
-def test_resuming_after_the_source_changed_is_refused(tmp_path, corpus):
+@pytest.mark.parametrize("streaming", [True, False])
+def test_resuming_after_the_source_changed_is_refused(tmp_path, corpus, streaming):
     from rafale.data.sources import fingerprint
-    from rafale.data.streaming import check_plan
     from rafale.errors import RunStateError
-    from rafale.train.rundir import RunDirState
+    from rafale.train.plan import check_same_source
 
     d, _ = corpus
     (tmp_path / "a.jsonl").write_bytes((d / "part0.jsonl").read_bytes())
     cfg = config_from_dict({"run": {"max_duration": "10ba"}, "data": {"source": str(tmp_path / "a.jsonl"),
-                                                                       "streaming": True}})
-    run = RunDirState(tmp_path / "run", resume_from=tmp_path / "run" / "checkpoints" / "latest-rank0.pt")
-    run.path.mkdir()
-    (run.path / "manifest.json").write_text(json.dumps({"status": "running", "data_fingerprint": fingerprint(cfg.data)}))
-    check_plan(cfg, run, fingerprint(cfg.data))  # the same source: fine
+                                                                       "streaming": streaming}})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"status": "running", "data_fingerprint": fingerprint(cfg.data)}))
+    os.utime(tmp_path / "a.jsonl")  # touched, not changed
+    check_same_source(run, fingerprint(cfg.data))  # the same source: fine
     with open(tmp_path / "a.jsonl", "a") as f:
         f.write(json.dumps({"text": "one more story"}) + "\n")
     with pytest.raises(RunStateError, match=r"a\.jsonl changed size .* FORCE=1"):
-        check_plan(cfg, run, fingerprint(cfg.data))
+        check_same_source(run, fingerprint(cfg.data))
 
 
 # ---- end to end --------------------------------------------------------------------------------------
