@@ -560,5 +560,10 @@ def _validate_against_raw(cfg: Config, raw: dict, errors: list[str]) -> None:
                       f"(no eval split); set data.eval_split > 0, or run.eval_interval=0ba")
 
 
-def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+def dump_config(cfg: Config, *, run_only: bool = False) -> str:
+    """The config as YAML; `run_only` leaves out the sweep section (a run directory's config.yaml: it
+    describes a sweep, not the run)."""
+    raw = cfg.to_dict()
+    if run_only:
+        raw.pop("sweep")
+    return yaml.safe_dump(raw, sort_keys=False)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from micro import MICRO
 from rafale.errors import ConfigError
@@ -129,6 +130,8 @@ def test_a_failed_point_is_recorded_and_the_next_one_runs(swept):
     assert Path(w / done["run_dir"]) == w / "runs" / "bs" / "train_batch_size-8"
     manifest = json.loads((w / done["run_dir"] / "manifest.json").read_text())
     assert manifest["status"] == "finished"
+    point_config = yaml.safe_load((w / done["run_dir"] / "config.yaml").read_text())
+    assert point_config["data"]["train_batch_size"] == 8 and "sweep" not in point_config  # the run's own config
     assert (w / "sweeps" / "bs" / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert "best point per group" in p.stdout and "train_batch_size-8" in p.stdout
     assert [q["name"] for q in json.loads((w / "sweeps" / "bs" / "sweep.json").read_text())["points"]] == \

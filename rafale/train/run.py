@@ -148,7 +148,7 @@ def file_logger(plan: Plan, stats: cb.RunStats) -> list:
 def start_run_dir(plan: Plan, data: PreparedData, model, say: Console) -> None:
     rd = plan.run_dir
     rd.checkpoints.mkdir(parents=True, exist_ok=True)
-    (rd.path / "config.yaml").write_text(dump_config(plan.cfg))
+    (rd.path / "config.yaml").write_text(dump_config(plan.cfg, run_only=True))
     write_manifest(rd.path, plan.cfg, data, "running", data_fingerprint=plan.fingerprint)
     if rd.resume_from:
         say.print(f"resuming {rd.path} from checkpoint {rd.resume_from.name}: {rd.why}")
