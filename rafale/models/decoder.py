@@ -188,14 +188,6 @@ def attention_mask_for(
     return mask
 
 
-def embedding(num: int, dim: int) -> nn.Embedding:
-    """nn.Embedding(num, dim), without its random init when built on the meta device (a checkpoint about to
-    be loaded): normal_ on a meta tensor imports torch._dynamo, 3-6 s of every loading command's start-up
-    for numbers nobody reads. On a real device it is nn.Embedding as it is, random numbers included."""
-    on_meta = torch.empty(0).is_meta  # inside `with torch.device("meta")`
-    return nn.Embedding(num, dim, _weight=torch.empty(num, dim) if on_meta else None)
-
-
 # ---- KV cache --------------------------------------------------------------------------------------------
 
 class KVCache:
@@ -313,7 +305,7 @@ class Decoder(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = config
-        self.wte = embedding(config.vocab_size, config.n_embd)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -321,8 +313,7 @@ class Decoder(nn.Module):
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.register_buffer("rope_perm", torch.empty(0, dtype=torch.long), persistent=False)
         self.init_buffers()
-        if not self.wte.weight.is_meta:  # on meta there is nothing to initialise (see embedding)
-            self.init_weights()
+        self.init_weights()  # built under models.meta.on_meta(), the random fills are skipped
 
     def init_buffers(self):
         """Set up what the state dict does not hold: the rope tables and the lm_head/wte tie.

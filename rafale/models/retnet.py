@@ -43,8 +43,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rafale.models.decoder import embedding
-
 
 @dataclass
 class RetNetConfig:
@@ -292,7 +290,7 @@ class RetNet(nn.Module):
     def __init__(self, config: RetNetConfig):
         super().__init__()
         self.config = config
-        self.wte = embedding(config.vocab_size, config.n_embd)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -300,8 +298,7 @@ class RetNet(nn.Module):
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.register_buffer("log_gamma", torch.empty(0), persistent=False)
         self.init_buffers()
-        if not self.wte.weight.is_meta:  # on meta there is nothing to initialise (decoder.embedding)
-            self.init_weights()
+        self.init_weights()  # built under models.meta.on_meta(), the random fills are skipped
 
     def init_buffers(self):
         """Set up what the state dict does not hold: rotary tables, decays, the lm_head/wte tie. Call it

@@ -40,6 +40,7 @@ from rafale.data.prepare import pipeline_module
 from rafale.data.tokenizer import TokenizerInfo, get_tokenizer, load_tokenizer
 from rafale.errors import ConfigError, ModelError, RunStateError
 from rafale.models import CAUSAL_LM_CONFIGS, DecoderConfig, EncoderConfig, model_from_config, resolve_model_config
+from rafale.models.meta import on_meta
 from rafale.train import mfu, preflight
 from rafale.train.checkpoints import check_readable, check_same_base
 from rafale.train.energy import check_energy
@@ -133,7 +134,7 @@ def make_plan(cfg: Config, *, debug: bool = False, force: bool = False, log=prin
     fpt = peak = None
     source = ""
     if isinstance(mc, CAUSAL_LM_CONFIGS) and not debug:
-        with torch.device("meta"):
+        with on_meta():
             fpt = mfu.flops_per_token(model_from_config(mc), cfg.data.block_size)
         peak, source = mfu.peak_flops(device, precision)
         peak = peak * dist.get_world_size() if peak else None
@@ -170,7 +171,7 @@ def lora_plan(cfg: Config, mc, head: str) -> LoraPlan | None:
     from rafale.models import lora
     from rafale.models.checkpoint import locate
 
-    with torch.device("meta"):
+    with on_meta():
         model = model_from_config(mc, head="mlm" if head == "lm" else head)
     targets = lora.resolve_targets(model, spec.targets)
     keep = lora.resolve_modules_to_save(model, spec.modules_to_save)
@@ -203,7 +204,7 @@ def check_fits(cfg: Config, rows: int, positions: int | None, tok_vocab: int | N
 def _n_params(mc, head: str) -> int:
     if mc is None:
         return 0  # model.hf: its size is known only once transformers builds it
-    with torch.device("meta"):
+    with on_meta():
         return sum(p.numel() for p in model_from_config(mc, head="mlm" if head == "lm" else head).parameters())
 
 
