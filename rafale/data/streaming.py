@@ -427,4 +427,3 @@ def check_duration(cfg) -> None:
         raise ConfigError(f"run.max_duration: {cfg.run.max_duration} with data.streaming; a stream's length is "
                           f"unknown until it ends, and Composer needs one for epochs and for the schedule; give "
                           f"the duration in ba or tok (one pass of the stream then ends an epoch)")
-

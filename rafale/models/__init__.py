@@ -125,7 +125,8 @@ def model_from_config(config: DecoderConfig | EncoderConfig, head: str = "mlm") 
 def build_model(config, *, head: str = "lm", weights=None, num_labels: Optional[int] = None,
                 seed: int = 0) -> tuple[torch.nn.Module, LoadReport | None]:
     """The model a run trains, in train mode: filled from `weights` (with its LoadReport), or fresh from
-    `seed` (report None); a head the weights lack is initialised from `seed` too. `head` is "lm" for decoders, "mlm" or "classification" (`num_labels`) for encoders."""
+    `seed` (report None); a head the weights lack is initialised from `seed` too. `head` is "lm" for
+    decoders, "mlm" or "classification" (`num_labels`) for encoders."""
     if num_labels is not None:
         config = dataclasses.replace(config, num_labels=num_labels)
     torch.manual_seed(seed)  # also for what loading initialises fresh (a head the weights lack) and what follows

@@ -14,8 +14,9 @@ Notable choices:
   Llama 3.1/3.2 frequency scaling ("llama3" rope type) is supported through `rope_scaling`.
 - Attention is F.scaled_dot_product_attention (through models/attention.py). Training (no cache, no
   padding) takes the `is_causal` fast path; a KV cache, a padding mask or packed rows' segment ids build
-  one boolean mask per forward, shared by all layers. Grouped kv heads are repeated explicitly rather than through SDPA's enable_gqa, which is
-  slow on CPU; when decoding one token, each group of query heads shares its kv head without any copy.
+  one boolean mask per forward, shared by all layers. Grouped kv heads are repeated explicitly rather
+  than through SDPA's enable_gqa, which is slow on CPU; when decoding one token, each group of query
+  heads shares its kv head without any copy.
 - The KV cache is preallocated, (B, n_kv_head, max_len, head_dim) per layer, and written in place at a
   position counter: no torch.cat, and the cache is never regrown or copied while decoding.
 - `vocab_size` is the embedding size as stored in the checkpoint (Pythia's 50304 is already padded).

@@ -10,8 +10,9 @@ The peak comes from a table of dense bf16/fp16 tensor-core figures for known GPU
 fp32 column), and on a CPU from a measured `torch.mm` of 1024 x 1024 in the precision the run uses (fp32,
 or bf16 under amp_bf16): the best of up to 20, within about a quarter of a second. A machine busy with
 something else measures low, and a low peak shows an MFU that is too high, so every run measures again
-(briefly, once there is a record) and $RAFALE_CACHE/cpu_peak.json (cpu_peak_bf16.json) keeps the best figure
-seen for this CPU, torch version and thread count. The two CPU peaks also decide `run.precision: auto` on a CPU (plan.py).
+(briefly, once there is a record) and $RAFALE_CACHE/cpu_peak.json (cpu_peak_bf16.json) keeps the best
+figure seen for this CPU, torch version and thread count. The two CPU peaks also decide
+`run.precision: auto` on a CPU (plan.py).
 """
 
 from __future__ import annotations
