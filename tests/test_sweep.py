@@ -151,6 +151,27 @@ def test_run_again_with_point_skips_the_finished_point(swept):
     assert [r["status"] for r in rows] == ["failed", "finished"]  # the other point's row is kept
 
 
+def test_an_eval_section_added_later_evaluates_the_finished_point_again(swept, tmp_path):
+    import shutil
+
+    w = tmp_path / "w"
+    shutil.copytree(swept[0], w)  # the module's sweep stays as it was for the other tests
+    run_dir = w / "runs" / "bs" / "train_batch_size-8"
+    weights = (run_dir / "final" / "model.safetensors").stat().st_mtime_ns
+    (w / "held_out.txt").write_text("Once upon a time a fox ran to the river.\n\nThe owl slept in the tree.\n")
+    p = sweep(*GRID, "--point", "1", "eval.data=held_out.txt", cwd=w)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "train_batch_size-8: finished before with another eval: section; evaluating it again" in p.stdout
+    assert (run_dir / "final" / "model.safetensors").stat().st_mtime_ns == weights  # not retrained
+    summary = json.loads((run_dir / "manifest.json").read_text())["summary"]
+    assert summary["eval"]["data"]["bits_per_byte"] > 0
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["eval"]["data"] == "held_out.txt"
+    header, rows = read_csv(w / "sweeps" / "bs" / "results.csv")
+    assert rows[1]["status"] == "finished" and float(rows[1]["eval.data/bits_per_byte"]) > 0
+    p = sweep(*GRID, "--point", "1", "eval.data=held_out.txt", cwd=w)  # now the same config: skipped
+    assert "train_batch_size-8: finished before; skipped" in p.stdout, p.stdout + p.stderr
+
+
 # ---- the shipped study --------------------------------------------------------------------------------
 STUDY = ROOT / "configs" / "retnet-vs-transformer.yaml"
 

@@ -5,7 +5,8 @@
 
 Each point is an ordinary run in `<run.output_dir>/<sweep name>/<point>/`, so its resume logic is the run
 directory's: a point whose manifest says `finished` (with the same config) is skipped, one that stopped part
-way resumes from its checkpoint. The sweep's own files are in `sweeps/<sweep name>/` beside run.output_dir
+way resumes from its checkpoint; a finished one whose config differs only in its `eval:` section is evaluated
+again, not retrained. The sweep's own files are in `sweeps/<sweep name>/` beside run.output_dir
 (`runs/` -> `sweeps/`): sweep.json (the points), points/<point>.json (how its last attempt ended),
 results.csv and results.png, rebuilt from every point's files after each point, under a lock, so that
 several `--point K` processes (a Slurm array) can finish at the same time.
@@ -125,7 +126,13 @@ def run_sweep(plan: SweepPlan, *, launcher: str = "inprocess", nproc: int = 1, p
             console.print(f"{p.name}: finished before; skipped ({run_dir})", highlight=False, markup=False)
             forget_failure(plan, p)
             continue
-        if status is None:
+        if status == "evaluate":
+            console.print(f"{p.name}: finished before with another eval: section; evaluating it again",
+                          highlight=False, markup=False)
+            t0 = time.perf_counter()
+            status, error = evaluate_again(plan.configs[i], run_dir, console)
+            record(plan, p, status, error, time.perf_counter() - t0)
+        elif status is None:
             status, error = attempt(plan, i, launcher, nproc, console)
         else:
             record(plan, p, status, error, 0.0)
@@ -160,7 +167,8 @@ def attempt(plan: SweepPlan, i: int, launcher: str, nproc: int, console: Console
 
 
 def finished_state(cfg: Config, run_dir: Path) -> tuple[str | None, str | None]:
-    """("finished", None) for a point that finished with this config, ("failed", why) for one that finished
+    """("finished", None) for a point that finished with this config, ("evaluate", None) for one that finished
+    with another `eval:` section only (evaluated again, not retrained), ("failed", why) for one that finished
     with another config (it is not retrained over), (None, None) for one to run or resume."""
     try:
         status = json.loads((run_dir / "manifest.json").read_text()).get("status")
@@ -173,6 +181,8 @@ def finished_state(cfg: Config, run_dir: Path) -> tuple[str | None, str | None]:
     except (OSError, yaml.YAMLError):
         old = {}
     changed = _differ(old, cfg.to_dict())
+    if changed and all(k.startswith("eval.") for k in changed):
+        return "evaluate", None
     if changed:
         return "failed", (f"{run_dir} finished with another config (it differs in {', '.join(changed[:5])}); "
                           f"remove the directory to train it again, or give the sweep another --name")
@@ -190,6 +200,25 @@ def _differ(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif x != y:
             out.append(f"{prefix}{k}")
     return out
+
+
+def evaluate_again(cfg: Config, run_dir: Path, console: Console) -> tuple[str, str | None]:
+    """A finished point under its new `eval:` section: its final/ evaluated as the section says, the results
+    in its manifest's summary (none without a section) and the section in its config.yaml."""
+    from rafale.eval.run import evaluate_config
+    from rafale.train.run import has_eval
+
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        summary = manifest.setdefault("summary", {})
+        summary.pop("eval", None)
+        if has_eval(cfg):
+            summary["eval"] = evaluate_config(run_dir / "final", cfg.eval, console)
+    except RafaleError as e:
+        return "failed", one_line(str(e))
+    write_json(run_dir / "manifest.json", manifest)
+    write_text(run_dir / "config.yaml", dump_config(cfg, run_only=True))
+    return "finished", None
 
 
 def run_inprocess(cfg: Config, console: Console) -> tuple[str, str | None]:
