@@ -4,14 +4,10 @@ autocast (fp32 is what the golden losses pin)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 
 import pytest
 
-from train_helpers import rafale_cmd, run_rafale, train_losses
+from train_helpers import kill_at_first_checkpoint, run_rafale, train_losses
 
 STEPS = ["run.max_duration=40ba", "run.save_interval=4ba", "run.eval_interval=20ba", "run.precision=amp_bf16"]
 
@@ -33,17 +29,8 @@ def test_same_seed_same_losses(rafale_env, reference, tmp_path):
 
 def test_killed_run_resumes_where_it_stopped(rafale_env, reference, tmp_path):
     run_dir = tmp_path / "quickstart"
-    latest = run_dir / "checkpoints" / "latest-rank0.pt"
-    proc = subprocess.Popen(rafale_cmd(tmp_path, *STEPS), env=rafale_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert latest.exists(), "no checkpoint was written before the run ended"
+    killed_ckpt = kill_at_first_checkpoint(rafale_env, tmp_path, *STEPS)
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
-    killed_ckpt = int(latest.resolve().name.split("-ba")[1].split("-")[0])
     killed_at = max(train_losses(run_dir))
     assert killed_at < 40, "the run finished before it could be killed; make it longer"
 

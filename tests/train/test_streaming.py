@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import time
 
 import pytest
 import torch
@@ -24,7 +21,7 @@ from rafale.data.streaming import StreamingBlocks
 from rafale.data.synthetic import load_synthetic
 from rafale.errors import DataError
 
-from train_helpers import rafale_cmd, run_rafale, train_losses
+from train_helpers import kill_at_first_checkpoint, run_rafale, train_losses
 
 BLOCK = 32
 
@@ -206,16 +203,8 @@ def test_killed_streaming_run_resumes_exactly(rafale_env, corpus, tmp_path):
     assert sorted(ref) == list(range(1, 13))
 
     run_dir = tmp_path / "out" / "quickstart"
-    latest = run_dir / "checkpoints" / "latest-rank0.pt"
-    proc = subprocess.Popen(rafale_cmd(tmp_path / "out", *args), env=rafale_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert latest.exists() and max(train_losses(run_dir)) < 12, "not killed part way; make the run longer"
-    killed_ckpt = int(latest.resolve().name.split("-ba")[1].split("-")[0])
+    killed_ckpt = kill_at_first_checkpoint(rafale_env, tmp_path / "out", *args)
+    assert max(train_losses(run_dir)) < 12, "not killed part way; make the run longer"
 
     p = run_rafale(rafale_env, tmp_path / "out", *args)
     assert f"without replaying {killed_ckpt} batches" in p.stdout

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,3 +38,18 @@ def train_losses(run_dir: Path) -> dict[int, float]:
             assert rec["step"] not in out, f"step {rec['step']} logged twice"
             out[rec["step"]] = rec["train/loss"]
     return out
+
+
+def kill_at_first_checkpoint(env: dict, out: Path, *overrides: str) -> int:
+    """Start `rafale run` (run name quickstart) and SIGKILL it once its first checkpoint exists; that
+    checkpoint's batch."""
+    latest = out / "quickstart" / "checkpoints" / "latest-rank0.pt"
+    proc = subprocess.Popen(rafale_cmd(out, *overrides), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest.exists(), "no checkpoint was written before the run ended"
+    return int(latest.resolve().name.split("-ba")[1].split("-")[0])
