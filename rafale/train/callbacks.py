@@ -40,6 +40,7 @@ class RunStats(Callback):
 
     def __init__(self):
         self.train_seconds, self.tokens, self._t0 = 0.0, 0, 0.0  # training time and tokens (eval excluded)
+        self.batch_seconds: list[float] = []  # each batch of this process's fit (compiling.StepTimes reads it)
         self.train_loss: float | None = None
         self.eval_loss: float | None = None
         self.eval_ppl: float | None = None
@@ -52,7 +53,9 @@ class RunStats(Callback):
         self._t0 = time.perf_counter()
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        self.train_seconds += time.perf_counter() - self._t0
+        seconds = time.perf_counter() - self._t0
+        self.train_seconds += seconds
+        self.batch_seconds.append(seconds)
         self.tokens += state.timestamp.token.value - self._tokens_before  # Composer has advanced it already
         losses = state.loss if isinstance(state.loss, (list, tuple)) else [state.loss]
         self.train_loss = sum(float(l) for l in losses) / len(losses)

@@ -4,8 +4,8 @@
     auto    compile when the run's remaining steps exceed the break-even,
             compile seconds / (eager step - compiled step)
 
-    choice = decide(plan, steps)          # CompileChoice: the decision, the figures, and a line that says why
-    StepTimes(plan, choice.compile)       # callback: measures this run's steps and records them for the next
+    choice = decide(plan, steps)            # CompileChoice: the decision, the figures, and a line that says why
+    StepTimes(plan, choice.compile, stats)  # callback: records this run's steps (RunStats times them) for the next
 
 The figures are measurements where this machine has them: $RAFALE_CACHE/compile_times.json keeps, per run
 shape (the model config, the batch and block, the precision, LoRA, the device, torch, threads), the latest
@@ -157,26 +157,19 @@ def record(key: str, **figures: float) -> None:
 
 
 class StepTimes(Callback):
-    """Times every training batch; at the end of fit, records the eager step, or the compile seconds and the
-    compiled step, for the next run's decision (rank 0)."""
+    """At the end of fit, records the eager step, or the compile seconds and the compiled step, for the next
+    run's decision (rank 0), from the batch times `stats` (callbacks.RunStats) took."""
 
-    def __init__(self, plan, compiled: bool):
-        self.key, self.compiled = shape_key(plan), compiled
-        self.times: list[float] = []
-        self._t0 = 0.0
-
-    def batch_start(self, state: State, logger: Logger) -> None:
-        self._t0 = time.perf_counter()
-
-    def batch_end(self, state: State, logger: Logger) -> None:
-        self.times.append(time.perf_counter() - self._t0)
+    def __init__(self, plan, compiled: bool, stats):
+        self.key, self.compiled, self.stats = shape_key(plan), compiled, stats
 
     def fit_end(self, state: State, logger: Logger) -> None:
-        if dist.get_global_rank() != 0 or len(self.times) < (3 if self.compiled else 2):
+        times = self.stats.batch_seconds
+        if dist.get_global_rank() != 0 or len(times) < (3 if self.compiled else 2):
             return
-        step = statistics.median(self.times[1:])  # the first batch warms up (and compiles)
+        step = statistics.median(times[1:])  # the first batch warms up (and compiles)
         if self.compiled and not COMPILE_FAILED:
-            record(self.key, compile_s=max(0.0, self.times[0] - step), compiled_step_s=step)
+            record(self.key, compile_s=max(0.0, times[0] - step), compiled_step_s=step)
         elif not self.compiled:
             record(self.key, eager_step_s=step)
 

@@ -66,11 +66,11 @@ def run(cfg: Config, *, debug: bool = False, force: bool = False, console: Conso
         if rank0:
             start_run_dir(plan, data, model, say)
         energy = EnergyTracker(cfg.logging.energy_country) if cfg.logging.energy else None
-        trainer, compiled = build_trainer(plan, model, data, [stats, *([progress] if progress else []),
-                                                              *file_logger(plan, stats),
-                                                              guards.Guard(rd.checkpoints, cfg.run.save_interval,
-                                                                           cfg.optim.lr),
-                                                              *([energy] if energy else [])], say)
+        trainer, compiled = build_trainer(plan, model, data, stats, [*([progress] if progress else []),
+                                                                     *file_logger(plan, stats),
+                                                                     guards.Guard(rd.checkpoints,
+                                                                                  cfg.run.save_interval, cfg.optim.lr),
+                                                                     *([energy] if energy else [])], say)
         from rafale.data.resume import skip_replay
 
         if rd.resume_from and (note := skip_replay(trainer)):
@@ -171,8 +171,9 @@ def params_line(plan: Plan, model) -> str:
             f"parameters trainable ({trainable / total:.2%})")
 
 
-def build_trainer(plan: Plan, model, data: PreparedData, callbacks: list, say: Console):
-    """The Composer Trainer, and the run.compile decision it trains under (said on the console)."""
+def build_trainer(plan: Plan, model, data: PreparedData, stats: cb.RunStats, callbacks: list, say: Console):
+    """The Composer Trainer (with `stats` first among its callbacks), and the run.compile decision it trains
+    under (said on the console)."""
     from composer import Trainer
 
     from rafale.train.compiling import StepTimes, decide, planned_steps
@@ -184,7 +185,7 @@ def build_trainer(plan: Plan, model, data: PreparedData, callbacks: list, say: C
     steps = planned_steps(cfg.run.max_duration, per_epoch, cfg.data.train_batch_size * cfg.data.block_size, done)
     compiled = decide(plan, steps)
     say.print(compiled.why, highlight=False)
-    kwargs = trainer_kwargs(plan, model, train_dl, eval_dl, callbacks=[*callbacks, StepTimes(plan, compiled.compile)],
+    kwargs = trainer_kwargs(plan, model, train_dl, eval_dl, callbacks=[stats, *callbacks, StepTimes(plan, compiled.compile, stats)],
                             save_folder=str(rd.checkpoints), load_path=str(rd.resume_from) if rd.resume_from else None,
                             log_dir=str(rd.path / "tensorboard"), compile=compiled.compile)
     try:

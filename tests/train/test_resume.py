@@ -4,6 +4,7 @@ autocast (fp32 is what the golden losses pin)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +51,7 @@ def test_finished_run_is_not_overwritten(rafale_env, reference):
     assert "already finished" in p.stderr and "FORCE=1" in p.stderr
 
 
-def test_run_reports_mfu_and_draws_loss_curves(reference, tmp_path):
+def test_run_reports_mfu_and_draws_loss_curves(rafale_env, reference, tmp_path):
     from rafale.train.plot import plot_runs, read_metrics
 
     summary = json.loads((reference / "manifest.json").read_text())["summary"]
@@ -61,6 +62,8 @@ def test_run_reports_mfu_and_draws_loss_curves(reference, tmp_path):
     assert len(train) == 40 and [t for t, _ in evals] == [20 * 256, 40 * 256]
     out = plot_runs([reference, reference], tmp_path / "both.png")
     assert out.stat().st_size > 10_000
+    records = json.loads((Path(rafale_env["RAFALE_CACHE"]) / "compile_times.json").read_text())
+    assert any(r.get("eager_step_s", 0) > 0 for r in records.values())  # the next run's compile decision
 
 
 def test_a_resume_whose_source_changed_is_refused(rafale_env, reference, tmp_path, monkeypatch):
