@@ -13,6 +13,7 @@ optimizer state: keep_trainable_only) and the fingerprint of the base the frozen
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -27,6 +28,12 @@ LATEST = "latest-rank0.pt"  # the link Composer keeps to the newest checkpoint o
 def latest_checkpoint(folder: Path) -> Path | None:
     link = Path(folder) / LATEST
     return link.resolve() if link.exists() else None
+
+
+def batches_done(path: Path) -> int:
+    """The batches a checkpoint (or the latest-rank0.pt link to it) had trained, from its name (ep3-ba120-...)."""
+    m = re.search(r"-ba(\d+)-", Path(path).resolve().name)
+    return int(m.group(1)) if m else 0
 
 
 def describe_error(e: BaseException) -> str:

@@ -2,7 +2,8 @@
 
     check_room(cfg, n_params, fingerprint)   before any data work: the run directory and the cache can be
                                              written, and their disks have room for what the run will write
-    check_data(plan, data)                   after data preparation: one train batch, a non-empty eval split
+    check_data(plan, data)                   after data preparation: one train batch, a non-empty eval split,
+                                             and a resumed run's max_duration not reached already
 
 The model, device, batch and run-directory checks happen where those facts are resolved (plan.py).
 """
@@ -87,3 +88,15 @@ def check_data(plan, data) -> None:
     if cfg.data.eval_split > 0 and "eval" in splits and not count("eval"):
         raise DataError(f"data.eval_split: {cfg.data.eval_split} holds out no whole block of "
                         f"{cfg.data.block_size} tokens; raise eval_split, use more data, or set it to 0")
+    resume_from = plan.run_dir.resume_from if plan.run_dir else None
+    if resume_from is not None:  # Composer would refuse it with a traceback, after the run directory is rewritten
+        from rafale.train.checkpoints import batches_done
+        from rafale.train.compiling import planned_steps
+
+        done = batches_done(resume_from)
+        per_epoch = None if data.meta.get("streaming") else count("train") // cfg.data.train_batch_size
+        if planned_steps(cfg.run.max_duration, per_epoch, cfg.data.train_batch_size * cfg.data.block_size,
+                         done) == 0:
+            raise ConfigError(f"run.max_duration: {cfg.run.max_duration} ends at or before batch {done}, where the "
+                              f"checkpoint {plan.run_dir.path / 'checkpoints' / resume_from.name} stopped; give a "
+                              f"longer duration to resume, or FORCE=1 to start over")

@@ -13,7 +13,6 @@ import errno
 import json
 import math
 import pickle
-import re
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from rafale.errors import DataError, RunStateError
 from rafale.files import replace_dir, write_json
 from rafale.train import callbacks as cb
 from rafale.train import guards, preflight
-from rafale.train.checkpoints import harden_composer, latest_checkpoint, unreadable
+from rafale.train.checkpoints import batches_done, harden_composer, latest_checkpoint, unreadable
 from rafale.train.energy import EnergyTracker, summary_line
 from rafale.train.plan import Plan, make_plan
 from rafale.train.rundir import clear_run_dir, run_lock, write_manifest
@@ -180,7 +179,7 @@ def build_trainer(plan: Plan, model, data: PreparedData, stats: cb.RunStats, cal
 
     cfg, rd = plan.cfg, plan.run_dir
     train_dl, eval_dl = dataloaders(plan, data, model)
-    done = int(m.group(1)) if rd.resume_from and (m := re.search(r"-ba(\d+)-", rd.resume_from.resolve().name)) else 0
+    done = batches_done(rd.resume_from) if rd.resume_from else 0
     per_epoch = None if cfg.data.streaming else len(train_dl)  # a stream's length is unknown
     steps = planned_steps(cfg.run.max_duration, per_epoch, cfg.data.train_batch_size * cfg.data.block_size, done)
     compiled = decide(plan, steps)

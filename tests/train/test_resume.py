@@ -90,3 +90,22 @@ def test_a_resume_whose_source_changed_is_refused(rafale_env, reference, tmp_pat
     (run / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RunStateError, match=r"cannot resume: data.source changed since the checkpoint \(generator"):
         make_plan(cfg, log=lambda *a, **k: None)
+
+
+def test_a_resume_whose_duration_is_already_reached_is_one_line(rafale_env, reference, tmp_path):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / reference.name
+    shutil.copytree(reference, run, symlinks=True)  # the finished reference, as if stopped after its last checkpoint
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    raw["run"]["output_dir"] = str(tmp_path)
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    before = {f: f.read_bytes() for f in (run / "config.yaml", run / "manifest.json")}
+    p = run_rafale(rafale_env, tmp_path, *STEPS, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "run.max_duration: 40ba ends at or before batch 40, where the checkpoint" in p.stderr
+    assert {f: f.read_bytes() for f in before} == before  # nothing rewritten
