@@ -123,16 +123,16 @@ class RafaleLM(TemplateLM):
                 rows.append(Row(context + continuation, len(continuation)))
                 owner.append(k)
         totals = [0.0] * len(requests)
-        for k, s in zip(owner, self._score(rows, "loglikelihood_rolling", disable_tqdm)):
+        for k, s in zip(owner, self._score(rows, "loglikelihood_rolling", disable_tqdm, greedy=False)):
             totals[k] += s.logprob
         for req, total in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
         return totals
 
-    def _score(self, rows: list[Row], what: str, disable: bool):
+    def _score(self, rows: list[Row], what: str, disable: bool, greedy: bool = True):
         with progress_bar(disable or not rows) as bar:
             task = bar.add_task(f"{what} ({len(rows):,} rows)", total=len(rows))
-            return score(self.model, rows, self.batch_size, advance=lambda n: bar.advance(task, n))
+            return score(self.model, rows, self.batch_size, advance=lambda n: bar.advance(task, n), greedy=greedy)
 
     # ---- generation ------------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:

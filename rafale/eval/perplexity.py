@@ -85,7 +85,7 @@ def evaluate_text(model, tok, texts: Sequence[str], *, block_size: Optional[int]
                  if n > 0]
     if on_total:
         on_total(len(rows))
-    scores = score(model, rows, batch_size, advance=advance)
+    scores = score(model, rows, batch_size, advance=advance, greedy=False)
     nll = -sum(s.logprob for s in scores)
     n_tokens = sum(s.n for s in scores)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
