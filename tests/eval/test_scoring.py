@@ -38,6 +38,13 @@ def test_shared_contexts_and_batches_score_as_one_row_at_a_time(family):
     for got, row in zip(score(model, rows, batch_size=5), rows):
         logprob, greedy = direct(model, row.tokens, row.n_scored)
         assert got.logprob == pytest.approx(logprob, abs=1e-4) and got.greedy == greedy and got.n == row.n_scored
+    # log-likelihoods alone: the same numbers, no greedy pass; chunks of logits smaller than a batch as well
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("rafale.eval.scoring.MIN_CHUNK_ROWS", 3)
+        mp.setattr("rafale.eval.scoring.LOGITS_CHUNK", 1)
+        for got, row in zip(score(model, rows, batch_size=5, greedy=False), rows):
+            assert got.logprob == pytest.approx(direct(model, row.tokens, row.n_scored)[0], abs=1e-4)
+            assert got.greedy is None and got.n == row.n_scored
 
 
 @pytest.mark.parametrize("n,block,context", [(1, 8, 0), (8, 8, 4), (9, 8, 4), (50, 8, 0), (50, 8, 7), (37, 16, 5)])
