@@ -186,6 +186,7 @@ def _collect(model, h: torch.Tensor, targets: list[int], counts: list[int], whic
     sums = torch.zeros(len(counts), dtype=torch.float64, device=h.device).index_add_(0, row_of, logprob.double())
     misses = None
     if first is not None:
-        misses = torch.zeros(len(counts), dtype=torch.long, device=h.device).index_add_(0, row_of, (~first).long()).tolist()
+        misses = torch.zeros(len(counts), dtype=torch.long, device=h.device)
+        misses = misses.index_add_(0, row_of, (~first).long()).tolist()
     for k, (i, s) in enumerate(zip(which, sums.tolist())):
         out[i] = Score(s, None if misses is None else misses[k] == 0, counts[k])

@@ -10,7 +10,8 @@ Notable choices:
   gate_proj, ...) so the weight name maps stay short.
 - Rotary embeddings in the "rotate half" layout, on the first `rotary_pct` of each head (Pythia: 25%).
   cos/sin are precomputed in fp32 for `max_seq_len` positions over the whole head (cos 1 and sin 0 past the
-  rotary dims, so rope is 4 ops on every dim, with its backward written out) and kept as buffers outside the state dict;
+  rotary dims, so rope is 4 ops on every dim, with its backward written out) and kept as buffers outside
+  the state dict;
   Llama 3.1/3.2 frequency scaling ("llama3" rope type) is supported through `rope_scaling`.
 - Attention is F.scaled_dot_product_attention (through models/attention.py). Training (no cache, no
   padding) takes the `is_causal` fast path; a KV cache, a padding mask or packed rows' segment ids build
