@@ -135,12 +135,12 @@ def rope_inv_freq(config: DecoderConfig) -> torch.Tensor:
 
 
 def rope_tables(config: DecoderConfig, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """cos, sin (max_seq_len, hs), fp32, and the index perm (hs,) for apply_rope.
+    """cos, sin (max_seq_len, hs), fp32, and the index perm (hs,) that swaps the halves of the rotary dims.
 
     "Rotate half" pairs dim i with i + rd/2 on the first rd dims: x_rot * cos + cat(-x2, x1) * sin. Here sin
-    carries that minus sign, perm swaps the two halves, and past rd cos is 1 and sin 0, so rope on a whole
-    head is x * cos + x[..., perm] * sin: 4 ops instead of 10 (slices, neg, two cats), the same numbers
-    (x * 1 + y * 0 is exactly x), and fast enough to matter when decoding one token.
+    carries that minus sign and past rd cos is 1 and sin 0, so rope on a whole head is x * cos + x[..., perm]
+    * sin: few ops, the same numbers (x * 1 + y * 0 is exactly x). apply_rope swaps with slices (a whole
+    sequence); the one-token decoding step (models/decode.py) with one gather through perm.
     """
     inv_freq = rope_inv_freq(config).to(device)
     hs, rd = config.head_dim, config.rope_dim
@@ -155,41 +155,39 @@ def rope_tables(config: DecoderConfig, device=None) -> tuple[torch.Tensor, torch
     return cos, sin, perm
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, perm: torch.Tensor, half: int) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
     """Rotate the first rd dims of every head of x (..., hs); the other hs - rd dims pass through.
 
-    cos, sin and perm come from rope_tables, half is rd // 2; cos and sin (..., hs) broadcast against x:
+    cos and sin come from rope_tables, half is rd // 2; cos and sin (..., hs) broadcast against x:
     (T, 1, hs) or (B, T, 1, hs) for x (B, T, heads, hs).
     """
     if x.requires_grad and torch.is_grad_enabled():
-        return _Rope.apply(x, cos, sin, perm, half)
-    return x * cos + swap_halves(x, perm, half) * sin
+        return _Rope.apply(x, cos, sin, half)
+    return x * cos + swap_halves(x, half) * sin
 
 
-def swap_halves(x: torch.Tensor, perm: torch.Tensor, half: int) -> torch.Tensor:
-    """x[..., perm]: the two halves of the first rd = 2 * half dims swapped. One gather when x holds one
-    position (decoding: fewest ops); otherwise slices copied by one cat, 2-3x faster than the gather."""
-    if x.size(1) == 1:
-        return x.index_select(-1, perm)
+def swap_halves(x: torch.Tensor, half: int) -> torch.Tensor:
+    """x[..., perm] of rope_tables: the two halves of the first rd = 2 * half dims swapped, as slices copied
+    by one cat (2-3x faster than the gather for a whole sequence)."""
     return torch.cat((x[..., half : 2 * half], x[..., :half], x[..., 2 * half :]), dim=-1)
 
 
 class _Rope(torch.autograd.Function):
-    """apply_rope with its backward written out. Autograd's own would undo the gather by scattering into a
-    zeroed tensor; the swap is its own inverse, so the gradient is g * cos + swap(g * sin), a third of a
-    training step's rope time. Each term is cast to x's dtype before the sum, as autograd does."""
+    """apply_rope with its backward written out. Autograd's own would undo the swap's slices by copying
+    each into a zeroed tensor; the swap is its own inverse, so the gradient is g * cos + swap(g * sin).
+    Each term is cast to x's dtype before the sum, as autograd does."""
 
     @staticmethod
-    def forward(ctx, x, cos, sin, perm, half):
-        ctx.save_for_backward(cos, sin, perm)
+    def forward(ctx, x, cos, sin, half):
+        ctx.save_for_backward(cos, sin)
         ctx.half, ctx.x_dtype = half, x.dtype
-        return x * cos + swap_halves(x, perm, half) * sin
+        return x * cos + swap_halves(x, half) * sin
 
     @staticmethod
     def backward(ctx, g):
-        cos, sin, perm = ctx.saved_tensors
-        dx = (g * cos).to(ctx.x_dtype) + swap_halves((g * sin).to(ctx.x_dtype), perm, ctx.half)
-        return dx, None, None, None, None
+        cos, sin = ctx.saved_tensors
+        dx = (g * cos).to(ctx.x_dtype) + swap_halves((g * sin).to(ctx.x_dtype), ctx.half)
+        return dx, None, None, None
 
 
 def attention_mask_for(
@@ -430,7 +428,7 @@ class Decoder(nn.Module):
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         mask = attention_mask_for(T, start, attention_mask, segment_ids, input_ids.device)
         for block in self.blocks:
-            x = block(x, (cos, sin, self.rope_perm, self.config.rope_dim // 2), mask, kv_cache)
+            x = block(x, (cos, sin, self.config.rope_dim // 2), mask, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
         return self.norm(x)

@@ -121,7 +121,7 @@ def test_partial_rope_leaves_the_tail_alone():
     cos, sin, perm = rope_tables(config)
     assert cos.shape == (2048, 16)
     x = torch.randn(1, 4, 3, 16)
-    out = apply_rope(x, cos[:3], sin[:3], perm, 2)
+    out = apply_rope(x, cos[:3], sin[:3], 2)
     torch.testing.assert_close(out[..., 4:], x[..., 4:], rtol=0, atol=0)
     torch.testing.assert_close(out[:, :, 0], x[:, :, 0], rtol=0, atol=0)  # position 0: no rotation
     # bit for bit the "rotate half" formula of transformers' GPT-NeoX, on the first 4 dims
@@ -136,18 +136,18 @@ def test_rope_and_its_written_out_backward_equal_autograd_through_the_gather_bit
     cos, sin, perm = rope_tables(config)
     half = config.rope_dim // 2
     torch.manual_seed(0)
-    for T in (5, 1):  # several positions (slices and a cat) and one (a gather)
+    for T in (5, 1):  # several positions and one (decoding)
         x = torch.randn(2, T, 3, 32, dtype=dtype)
         g = torch.randn(2, T, 3, 32)
         a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ours = apply_rope(a, cos[:T, None], sin[:T, None], perm, half)
+        ours = apply_rope(a, cos[:T, None], sin[:T, None], half)
         reference = b * cos[:T, None] + b.index_select(-1, perm) * sin[:T, None]
         torch.testing.assert_close(ours, reference, rtol=0, atol=0)
         ours.backward(g), reference.backward(g)
         assert a.grad.dtype == dtype
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
         with torch.no_grad():
-            torch.testing.assert_close(apply_rope(x, cos[:T, None], sin[:T, None], perm, half), reference, rtol=0, atol=0)
+            torch.testing.assert_close(apply_rope(x, cos[:T, None], sin[:T, None], half), reference, rtol=0, atol=0)
 
 
 def test_meta_device_build_allocates_nothing():
